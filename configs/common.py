@@ -1,0 +1,159 @@
+"""Shared config pieces: argument parsing (big_vision style) and the full default schema.
+
+Every switch of SPEC.md is a field here; experiment files (`demo.py`, `ham10000.py`,
+`isic2018.py`, `tiny.py`) start from `base_config()` and override what they need.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+ISIC_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+ISIC_MEAN = (0.765, 0.545, 0.569)
+ISIC_STD = (0.140, 0.151, 0.169)
+
+
+def parse_arg(arg: str | None, lazy: bool = False, **spec) -> ml_collections.ConfigDict:
+    """Parses `"a=1,b=S/16,runlocal"` into a ConfigDict typed by the defaults in `spec`.
+
+    A bare name (`runlocal`) sets a boolean to True. Unknown keys are refused unless `lazy`.
+    """
+    result = ml_collections.ConfigDict(dict(spec))
+    if not arg:
+        return result
+    for item in arg.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        if key not in spec and not lazy:
+            raise ValueError(f"Unknown config argument {key!r}; known: {sorted(spec)}")
+        default = spec.get(key)
+        if not eq:
+            result[key] = True
+        elif isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"Config argument {key!r} must be a boolean, got {value!r}")
+            result[key] = value.lower() in ("true", "1")
+        elif isinstance(default, int):
+            result[key] = int(value)
+        elif isinstance(default, float):
+            result[key] = float(value)
+        else:
+            if key not in result:
+                with result.ignore_type():
+                    result[key] = value
+            else:
+                result[key] = value
+    return result
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The full schema with the SPEC defaults (paper wording where paper and code differ)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # --- data (SPEC 1-2) -------------------------------------------------------------------
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "synthetic"  # synthetic | folder_csv | isic2018 | tfds (any built directory)
+    c.data.data_dir = ""  # where TFDS datasets are built (folder_csv / isic2018 / tfds)
+    c.data.builder_config = ""  # e.g. "short256" for isic2018; "" = builder default
+    c.data.source_dir = ""  # raw folder to build from when the dataset is missing
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+    c.data.test_split = "test"
+    c.data.num_classes = 7
+    c.data.class_names = ISIC_CLASSES
+    c.data.image_size = 64  # the host decodes and resizes to this square size
+    # Built-in synthetic long-tailed data (input_pipeline/synthetic.py).
+    c.data.synthetic = ml_collections.ConfigDict()
+    c.data.synthetic.num_train = 1400
+    c.data.synthetic.num_eval = 350
+    c.data.synthetic.imbalance = 50.0
+    c.data.synthetic.seed = 0
+
+    # --- input pipeline --------------------------------------------------------------------
+    c.input = ml_collections.ConfigDict()
+    c.input.batch_size = 16  # global batch of pairs
+    c.input.eval_batch_size = 64
+    c.input.worker_count = 0
+    c.input.worker_buffer_size = 2
+    c.input.balanced_q = 1.0  # class-balanced sampling exponent q (1: uniform over classes)
+
+    # --- views (SPEC 3) --------------------------------------------------------------------
+    c.augment = ml_collections.ConfigDict()
+    c.augment.scale = (0.08, 1.0)
+    c.augment.ratio = (3.0 / 4.0, 4.0 / 3.0)
+    c.augment.color_jitter = (0.4, 0.4, 0.4, 0.0)
+    c.augment.randaugment_n = 2
+    c.augment.randaugment_m = 10.0
+    c.augment.randaugment_mstd = 0.5
+    c.augment.grayscale_p = 0.2
+    c.augment.blur_p = 0.5
+    c.augment.blur_sigma = (0.1, 2.0)
+    c.augment.mean = ISIC_MEAN
+    c.augment.std = ISIC_STD
+    c.augment.eval_resize_ratio = 256.0 / 224.0
+
+    # --- model (SPEC 7) --------------------------------------------------------------------
+    c.model = ml_collections.ConfigDict()
+    c.model.variant = "S/16"
+    c.model.image_size = 224
+    c.model.key_encoder = "ema"  # ema (paper) | shared (released code)
+    c.model.ema_momentum = 0.999
+    c.model.ema_schedule = "constant"  # constant | cosine (to 1 at the end of training)
+    c.model.proj_hidden = 4096
+    c.model.proj_dim = 256
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    c.model.bn_group_size = 0  # BatchNorm statistics over groups of this many examples (0: global)
+
+    # --- saliency (SPEC 4) -----------------------------------------------------------------
+    c.saliency = ml_collections.ConfigDict()
+    c.saliency.method = "fine_grained"  # gradient | fine_grained | spectral_residual
+    c.saliency.score = "label"  # gradient saliency of: label | top logit
+
+    # --- mixing (SPEC 2, 5, 6, 11) ---------------------------------------------------------
+    c.mix = ml_collections.ConfigDict()
+    c.mix.method = "spmix"  # spmix | none | mixup | cutmix | balanced_mixup | saliencymix
+    c.mix.primary = "balanced"  # balanced (paper) | instance (released code)
+    c.mix.ratio = "patch"  # patch | global | random
+    c.mix.alpha = 0.8
+    c.mix.r_min = 0.5
+    c.mix.noise = 0.0  # uniform noise added to patch saliency before normalising (code: 0.5)
+    c.mix.beta_a = 1.0  # Beta(a, a) / Beta(a, 1) for the mixup-family baselines
+
+    # --- loss (SPEC 8) ---------------------------------------------------------------------
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "gpaco"  # gpaco | ce | la_ce | supcon
+    c.loss.alpha = 0.05
+    c.loss.beta = 1.0
+    c.loss.gamma = 1.0
+    c.loss.temperature = 0.2
+    c.loss.queue_size = 8192
+    c.loss.key_logits_from_query = False  # True reproduces the released code
+
+    # --- optimisation (SPEC 9) -------------------------------------------------------------
+    c.optim = ml_collections.ConfigDict()
+    c.optim.base_lr = 5e-6  # at optim.base_batch, scaled linearly with input.batch_size
+    c.optim.base_batch = 16
+    c.optim.weight_decay = 0.1
+    c.optim.warmup_epochs = 10.0
+    c.optim.epochs = 500.0
+    c.optim.total_steps = 0  # > 0 overrides epochs
+    c.optim.grad_clip = 0.0  # 0: off
+
+    # --- loop, checkpoints, evaluation -----------------------------------------------------
+    c.train = ml_collections.ConfigDict()
+    c.train.log_every = 50
+    c.train.eval_every = 1000
+    c.train.checkpoint_every = 1000
+    c.train.keep_checkpoints = 3
+    c.train.max_steps_per_run = 0  # > 0: stop after this many steps in one process (testing)
+    c.eval = ml_collections.ConfigDict()
+    c.eval.checkpoint = "best"  # latest | best | <step>
+    c.eval.split = ""  # "" = data.eval_split
+    c.eval.many_threshold = 100
+    c.eval.few_threshold = 20
+    c.visualize = ml_collections.ConfigDict()
+    c.visualize.num_pairs = 6
+    return c

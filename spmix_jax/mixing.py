@@ -1,0 +1,190 @@
+"""SPMix per-patch mixing ratios and token mixing (SPEC 5-6), pixel-level baselines (SPEC 11).
+
+All functions are pure, batched and jittable.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+RATIO_MODES = ("patch", "global", "random")
+_EPS = 1e-6
+
+
+def patch_means(saliency: jax.Array, patch_size: int) -> jax.Array:
+    """(B, H, W) -> (B, P): mean over each patch, patches in row-major order (as ViT tokens)."""
+    b, h, w = saliency.shape
+    if h % patch_size or w % patch_size:
+        raise ValueError(
+            f"Saliency map {h}x{w} is not divisible into {patch_size}x{patch_size} patches."
+        )
+    gh, gw = h // patch_size, w // patch_size
+    s = saliency.astype(jnp.float32).reshape(b, gh, patch_size, gw, patch_size)
+    return s.mean(axis=(2, 4)).reshape(b, gh * gw)
+
+
+def minmax_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    """Per-row min-max to [0, 1]; a constant row maps to zeros (never NaN)."""
+    lo = x.min(axis=axis, keepdims=True)
+    hi = x.max(axis=axis, keepdims=True)
+    span = hi - lo
+    safe = jnp.where(span > _EPS, span, 1.0)
+    return jnp.where(span > _EPS, (x - lo) / safe, jnp.zeros_like(x))
+
+
+def patch_scores(
+    saliency: jax.Array,
+    *,
+    patch_size: int,
+    r_min: float = 0.5,
+    noise: float = 0.0,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """Steps 1-3 of SPEC 5 for one image: patch means, noise, min-max, map to [r_min, 1]."""
+    s = patch_means(saliency, patch_size)
+    if noise > 0:
+        if rng is None:
+            raise ValueError("patch_scores: noise > 0 needs an rng key.")
+        s = s + jax.random.uniform(rng, s.shape, minval=-noise, maxval=noise)
+    return r_min + (1.0 - r_min) * minmax_normalize(s)
+
+
+def patch_ratios(
+    sal_primary: jax.Array,
+    sal_secondary: jax.Array,
+    *,
+    patch_size: int,
+    alpha: float = 0.8,
+    r_min: float = 0.5,
+    noise: float = 0.0,
+    rng: jax.Array | None = None,
+    mode: str = "patch",
+) -> jax.Array:
+    """Per-patch share of the primary image, (B, P), every value in [r_min, alpha].
+
+    r_p = min(alpha, max(s_p(primary), s_p(secondary))): wherever either image shows lesion the
+    primary keeps the larger share, so the secondary's lesion features are suppressed.
+    """
+    if mode not in RATIO_MODES:
+        raise ValueError(f"Unknown mix.ratio {mode!r}; expected one of {RATIO_MODES}.")
+    if not 0.0 <= r_min <= alpha <= 1.0:
+        raise ValueError(f"Need 0 <= r_min <= alpha <= 1, got r_min={r_min}, alpha={alpha}.")
+    if sal_primary.shape != sal_secondary.shape:
+        raise ValueError(f"Saliency shapes differ: {sal_primary.shape} vs {sal_secondary.shape}.")
+    if mode == "random":
+        if rng is None:
+            raise ValueError("mix.ratio='random' needs an rng key.")
+        num = patch_means(sal_primary, patch_size).shape
+        return jax.random.uniform(rng, num, minval=r_min, maxval=alpha)
+    if rng is not None:
+        rng_p, rng_s = jax.random.split(rng)
+    else:
+        rng_p = rng_s = None
+    s_p = patch_scores(sal_primary, patch_size=patch_size, r_min=r_min, noise=noise, rng=rng_p)
+    s_s = patch_scores(sal_secondary, patch_size=patch_size, r_min=r_min, noise=noise, rng=rng_s)
+    r = jnp.minimum(alpha, jnp.maximum(s_p, s_s))
+    if mode == "global":
+        r = jnp.broadcast_to(r.mean(axis=-1, keepdims=True), r.shape)
+    return r
+
+
+def mix_tokens(
+    tokens_primary: jax.Array, tokens_secondary: jax.Array, ratios: jax.Array
+) -> jax.Array:
+    """T = r * E(x_primary) + (1 - r) * E(x_secondary) per patch; (B, P, D), tokens' dtype."""
+    if tokens_primary.shape != tokens_secondary.shape:
+        raise ValueError(
+            f"Token shapes differ: {tokens_primary.shape} vs {tokens_secondary.shape}."
+        )
+    if ratios.shape != tokens_primary.shape[:2]:
+        raise ValueError(
+            f"ratios shape {ratios.shape} must be (B, P) = {tokens_primary.shape[:2]}."
+        )
+    r = ratios[..., None].astype(tokens_primary.dtype)
+    return r * tokens_primary + (1 - r) * tokens_secondary
+
+
+# --- pixel-level baselines (SPEC 11) --------------------------------------------------------
+# Each returns (mixed images, lam) where lam is the share of the *first* image's label, so the
+# soft target is lam * onehot(y1) + (1 - lam) * onehot(y2).
+
+
+def soft_targets(labels1: jax.Array, labels2: jax.Array, lam: jax.Array, num_classes: int):
+    """lam * onehot(y1) + (1 - lam) * onehot(y2), float32 (B, C)."""
+    lam = lam.astype(jnp.float32)[:, None]
+    return lam * jax.nn.one_hot(labels1, num_classes) + (1 - lam) * jax.nn.one_hot(
+        labels2, num_classes
+    )
+
+
+def mixup(rng: jax.Array, x1: jax.Array, x2: jax.Array, a: float = 1.0):
+    """Mixup: lam ~ Beta(a, a) per example; x = lam x1 + (1 - lam) x2."""
+    lam = jax.random.beta(rng, a, a, (x1.shape[0],))
+    lb = lam[:, None, None, None].astype(x1.dtype)
+    return lb * x1 + (1 - lb) * x2, lam
+
+
+def balanced_mixup(rng: jax.Array, x_instance: jax.Array, x_balanced: jax.Array, a: float = 0.2):
+    """Balanced-MixUp: lam ~ Beta(a, 1) weights the instance image, the rest the balanced one."""
+    lam = jax.random.beta(rng, a, 1.0, (x_instance.shape[0],))
+    lb = lam[:, None, None, None].astype(x_instance.dtype)
+    return lb * x_instance + (1 - lb) * x_balanced, lam
+
+
+def _box_mask(cy, cx, cut_h, cut_w, h, w):
+    """Boolean (B, H, W) mask of boxes centred at (cy, cx), clipped to the image."""
+    y0 = jnp.clip(cy - cut_h // 2, 0, h)
+    y1 = jnp.clip(cy + cut_h // 2, 0, h)
+    x0 = jnp.clip(cx - cut_w // 2, 0, w)
+    x1 = jnp.clip(cx + cut_w // 2, 0, w)
+    yy = jnp.arange(h)[None, :, None]
+    xx = jnp.arange(w)[None, None, :]
+    return (
+        (yy >= y0[:, None, None])
+        & (yy < y1[:, None, None])
+        & (xx >= x0[:, None, None])
+        & (xx < x1[:, None, None])
+    )
+
+
+def _cut_size(lam, h, w):
+    cut = jnp.sqrt(1.0 - lam)
+    return (cut * h).astype(jnp.int32), (cut * w).astype(jnp.int32)
+
+
+def cutmix(rng: jax.Array, x1: jax.Array, x2: jax.Array, a: float = 1.0):
+    """CutMix: a box of area (1 - lam) from x2 pasted into x1; lam corrected to the true area."""
+    b, h, w = x1.shape[:3]
+    k_lam, k_y, k_x = jax.random.split(rng, 3)
+    lam = jax.random.beta(k_lam, a, a, (b,))
+    cut_h, cut_w = _cut_size(lam, h, w)
+    cy = jax.random.randint(k_y, (b,), 0, h)
+    cx = jax.random.randint(k_x, (b,), 0, w)
+    mask = _box_mask(cy, cx, cut_h, cut_w, h, w)
+    mixed = jnp.where(mask[..., None], x2, x1)
+    return mixed, 1.0 - mask.mean(axis=(1, 2))
+
+
+def saliencymix(rng: jax.Array, x1: jax.Array, x2: jax.Array, sal2: jax.Array, a: float = 1.0):
+    """SaliencyMix: the box around the peak of x2's saliency is pasted into x1 at the same place."""
+    b, h, w = x1.shape[:3]
+    lam = jax.random.beta(rng, a, a, (b,))
+    cut_h, cut_w = _cut_size(lam, h, w)
+    peak = jnp.argmax(sal2.reshape(b, -1), axis=-1)
+    cy, cx = peak // w, peak % w
+    mask = _box_mask(cy, cx, cut_h, cut_w, h, w)
+    mixed = jnp.where(mask[..., None], x2, x1)
+    return mixed, 1.0 - mask.mean(axis=(1, 2))
+
+
+def render_ratio_map(ratios: jax.Array, image_size: int, patch_size: int) -> jax.Array:
+    """(B, P) -> (B, H, W): each patch's ratio painted over its pixels (for figures)."""
+    b, p = ratios.shape
+    g = image_size // patch_size
+    if g * g != p:
+        raise ValueError(f"{p} ratios do not form a {g}x{g} grid.")
+    grid = ratios.reshape(b, g, 1, g, 1)
+    return jnp.broadcast_to(grid, (b, g, patch_size, g, patch_size)).reshape(
+        b, image_size, image_size
+    )

@@ -1,0 +1,347 @@
+"""Saliency maps for SPMix (SPEC section 4), computed on device inside the jitted step.
+
+Three sources, all batched, jittable and pure `jax.numpy`:
+
+- `gradient`: magnitude of the input gradient of a class score (max over colour channels).
+- `fine_grained`: Montabone & Soto (2010) centre-surround intensity contrast, reproducing OpenCV
+  contrib's `StaticSaliencyFineGrained` bit for bit (including its uint8 truncations), so that
+  maps computed here match the precomputed maps the released code reads.
+- `spectral_residual`: Hou & Zhang (2007), reproducing OpenCV contrib's
+  `StaticSaliencySpectralResidual` (64x64 working size) to about 1e-4.
+
+The two static maps see the image the way OpenCV sees a uint8 image: the grey level is quantised to
+round(gray * 255) first. They are piecewise-constant functions of the pixels and are therefore not
+meant to be differentiated: their input passes through `stop_gradient`, so gradients through them
+are exact zeros (finite), never NaN. Every map lies in [0, 1]; a constant image gives all zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+METHODS = ("gradient", "fine_grained", "spectral_residual")
+SCORES = ("label", "top")
+
+# OpenCV's luminance weights (ITU-R BT.601), used by COLOR_RGB2GRAY / COLOR_BGR2GRAY.
+_LUMA_RGB = (0.299, 0.587, 0.114)
+
+# Half-widths of the centre-surround windows, in the order OpenCV visits them. A window of
+# half-width n around (y, x) covers rows y-n+1 .. y+n and columns x-n+1 .. x+n (2n pixels each,
+# one more below/right than above/left), clipped to the image.
+_FG_HALF_WIDTHS = (12, 24, 48, 28, 56, 112)
+
+# Spectral residual: OpenCV's working size, log-spectrum mean filter and output blur.
+_SR_SIZE = 64
+_SR_BLUR_SIGMA = 8.0
+_SR_BLUR_TAPS = 5
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks and small helpers
+# ----------------------------------------------------------------------------------------------
+def _check_gray(gray: jax.Array, fn: str) -> None:
+    if gray.ndim != 3:
+        raise ValueError(f"{fn} expects a (B, H, W) grey batch, got shape {tuple(gray.shape)}")
+    if gray.shape[1] < 2 or gray.shape[2] < 2:
+        raise ValueError(f"{fn} needs images of at least 2x2 pixels, got {tuple(gray.shape[1:])}")
+    if not jnp.issubdtype(gray.dtype, jnp.floating):
+        raise ValueError(f"{fn} expects floating point grey levels in [0, 1], got {gray.dtype}")
+
+
+def _check_rgb(images: jax.Array, fn: str) -> None:
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{fn} expects a (B, H, W, 3) RGB batch, got shape {tuple(images.shape)}")
+
+
+def _uint8_levels(gray: jax.Array) -> jax.Array:
+    """Grey levels as OpenCV sees them, round(gray * 255) in 0..255, as int32 (no gradient)."""
+    g = jax.lax.stop_gradient(gray).astype(jnp.float32)
+    return jnp.clip(jnp.round(g * 255.0), 0.0, 255.0).astype(jnp.int32)
+
+
+def _is_constant(x: jax.Array) -> jax.Array:
+    """(B,) True where an image has a single value."""
+    return jnp.max(x, axis=(1, 2)) == jnp.min(x, axis=(1, 2))
+
+
+def _pad_reflect101(x: jax.Array, width: int) -> jax.Array:
+    """Pad the last two axes like OpenCV's BORDER_DEFAULT (gfedcb|abcdefgh|gfedcba)."""
+    return jnp.pad(x, ((0, 0), (width, width), (width, width)), mode="reflect")
+
+
+def _separable_filter(x: jax.Array, taps: np.ndarray) -> jax.Array:
+    """Correlate the last two axes with `taps` (odd length) under BORDER_REFLECT_101."""
+    r = len(taps) // 2
+    h, w = x.shape[1], x.shape[2]
+    p = _pad_reflect101(x, r)
+    rows = sum(t * p[:, :, i : i + w] for i, t in enumerate(taps))
+    return sum(t * rows[:, i : i + h, :] for i, t in enumerate(taps))
+
+
+# ----------------------------------------------------------------------------------------------
+# Colour -> grey
+# ----------------------------------------------------------------------------------------------
+def to_gray(images: jax.Array) -> jax.Array:
+    """(B, H, W, 3) RGB in [0, 1] -> (B, H, W) luminance with OpenCV's RGB2GRAY weights."""
+    _check_rgb(images, "to_gray")
+    w = jnp.asarray(_LUMA_RGB, dtype=jnp.float32)
+    return jnp.einsum("bhwc,c->bhw", images.astype(jnp.float32), w, precision=_HIGHEST)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-grained (Montabone & Soto) saliency
+# ----------------------------------------------------------------------------------------------
+def _blur3_uint8(levels: jax.Array) -> jax.Array:
+    """OpenCV's bit-exact 3x3 Gaussian (sigma 0 -> taps 1/4, 1/2, 1/4) on uint8, rounded half up."""
+    acc = _separable_filter(levels, np.array([1, 2, 1], dtype=np.int32))
+    return (acc + 8) // 16
+
+
+def _floor_255_times_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
+    """floor(255 * float32(num / den)) for int32 num >= 0, den > 0, with the float32 quotient.
+
+    OpenCV rescales each summed map with `(uchar)(255. * (float)(s / (float)max))`: the quotient is
+    rounded to float32 before the (exact, double) product is truncated. When 255 * num / den is an
+    integer k and the float32 quotient lies just below num / den, OpenCV yields k - 1. Integer
+    division gives the exact floor; the rounding direction of the float32 quotient is found
+    exactly with a Veltkamp split (q = hi + lo, 12-bit halves, so hi*den and lo*den are exact).
+    """
+    k = (255 * num) // den
+    exact_integer = (255 * num) % den == 0
+    numf = num.astype(jnp.float32)
+    denf = den.astype(jnp.float32)
+    q = numf / denf
+    c = q * jnp.float32(4097.0)
+    hi = c - (c - q)
+    lo = q - hi
+    # hi*den is within a factor two of num, so the subtraction is exact (Sterbenz); the sign of
+    # the final sum is that of q*den - num.
+    below = (hi * denf - numf) + lo * denf < 0
+    return jnp.where(exact_integer & below, k - 1, k)
+
+
+def _rescale_to_255(summed: jax.Array) -> jax.Array:
+    """Scale a per-image summed map so that its maximum becomes 255 (truncating); all-zero -> 0."""
+    peak = jnp.max(summed, axis=(1, 2), keepdims=True)
+    safe_peak = jnp.maximum(peak, 1)
+    return jnp.where(peak > 0, _floor_255_times_ratio(summed, safe_peak), 0)
+
+
+@jax.jit
+def fine_grained(gray: jax.Array) -> jax.Array:
+    """Fine-grained centre-surround saliency, equal to OpenCV's StaticSaliencyFineGrained.
+
+    Args:
+      gray: (B, H, W) grey levels in [0, 1]; OpenCV is given round(gray * 255) as uint8.
+    Returns:
+      (B, H, W) float32 in [0, 1]. Bit-identical to OpenCV while 255 * H * W < 2**24 (up to
+      256x256), where OpenCV's float32 integral image is still exact.
+
+    Steps (as OpenCV): blur the uint8 image twice with a 3x3 Gaussian; for each of six window
+    half-widths take the window mean excluding the centre pixel (via an integral image), and keep
+    the truncated positive parts of centre - mean ("on") and mean - centre ("off"); sum each over
+    the scales, rescale each sum so its maximum is 255, add on and off and rescale by the larger of
+    their maxima.
+    """
+    _check_gray(gray, "fine_grained")
+    _, h, w = gray.shape
+    img = _blur3_uint8(_blur3_uint8(_uint8_levels(gray)))
+
+    integral = jnp.pad(jnp.cumsum(jnp.cumsum(img, axis=1), axis=2), ((0, 0), (1, 0), (1, 0)))
+    centre_f = img.astype(jnp.float32)
+    rows, cols = np.arange(h), np.arange(w)
+    on_sum = jnp.zeros_like(img)
+    off_sum = jnp.zeros_like(img)
+    for n in _FG_HALF_WIDTHS:
+        # Integral-image corners, clipped to the integral image (which is one larger than img).
+        top, bottom = np.clip(rows - n + 1, 0, h), np.clip(rows + n + 1, 0, h)
+        left, right = np.clip(cols - n + 1, 0, w), np.clip(cols + n + 1, 0, w)
+        at_top = jnp.take(integral, top, axis=1)
+        at_bottom = jnp.take(integral, bottom, axis=1)
+        window = (
+            jnp.take(at_bottom, right, axis=2)
+            + jnp.take(at_top, left, axis=2)
+            - jnp.take(at_bottom, left, axis=2)
+            - jnp.take(at_top, right, axis=2)
+        )
+        others = ((bottom - top)[:, None] * (right - left)[None, :] - 1).astype(np.float32)
+        surround = (window - img).astype(jnp.float32) / jnp.asarray(others)
+        on_sum = on_sum + jnp.floor(jnp.maximum(centre_f - surround, 0.0)).astype(jnp.int32)
+        off_sum = off_sum + jnp.floor(jnp.maximum(surround - centre_f, 0.0)).astype(jnp.int32)
+
+    on = _rescale_to_255(on_sum)
+    off = _rescale_to_255(off_sum)
+    peak = jnp.maximum(jnp.max(on, axis=(1, 2), keepdims=True), jnp.max(off, axis=(1, 2), keepdims=True))
+    # OpenCV divides in double; with integers the floor of the exact quotient is the same. The
+    # result cannot exceed 255 in practice (never observed); it is clipped rather than wrapped.
+    mixed = jnp.where(peak > 0, (255 * (on + off)) // jnp.maximum(peak, 1), 0)
+    mixed = jnp.minimum(mixed, 255)
+    # OpenCV's convertTo(CV_32F, 1/255) multiplies by the float32 reciprocal.
+    return mixed.astype(jnp.float32) * jnp.float32(1.0 / 255.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Spectral residual (Hou & Zhang) saliency
+# ----------------------------------------------------------------------------------------------
+def _linear_resize_matrix(n_in: int, n_out: int, weight_steps: int | None) -> np.ndarray:
+    """(n_out, n_in) matrix of OpenCV's INTER_LINEAR along one axis.
+
+    Sample positions are (d + 0.5) * n_in / n_out - 0.5 (computed in float32, as OpenCV does),
+    clamped to the first/last pixel; no antialiasing when shrinking. `weight_steps` quantises the
+    weights as INTER_LINEAR_EXACT does for uint8 images (8 fractional bits).
+    """
+    d = np.arange(n_out, dtype=np.float64)
+    pos = ((d + 0.5) * (n_in / n_out) - 0.5).astype(np.float32)
+    start = np.floor(pos)
+    frac = (pos - start).astype(np.float32)
+    start = start.astype(np.int64)
+    frac = np.where(start < 0, np.float32(0), frac)
+    start = np.maximum(start, 0)
+    frac = np.where(start >= n_in - 1, np.float32(0), frac)
+    start = np.minimum(start, n_in - 1)
+    frac = frac.astype(np.float64)
+    if weight_steps is not None:
+        frac = np.round(frac * weight_steps) / weight_steps
+    m = np.zeros((n_out, n_in), np.float64)
+    np.add.at(m, (np.arange(n_out), start), 1.0 - frac)
+    np.add.at(m, (np.arange(n_out), np.minimum(start + 1, n_in - 1)), frac)
+    return m.astype(np.float32)
+
+
+def _resize(x: jax.Array, out_h: int, out_w: int, weight_steps: int | None) -> jax.Array:
+    my = jnp.asarray(_linear_resize_matrix(x.shape[1], out_h, weight_steps))
+    mx = jnp.asarray(_linear_resize_matrix(x.shape[2], out_w, weight_steps))
+    return jnp.einsum("oh,bhw,pw->bop", my, x, mx, precision=_HIGHEST)
+
+
+def _gaussian_taps(size: int, sigma: float) -> np.ndarray:
+    t = np.arange(size) - (size - 1) / 2
+    k = np.exp(-(t**2) / (2.0 * sigma**2))
+    return (k / k.sum()).astype(np.float32)
+
+
+@jax.jit
+def spectral_residual(gray: jax.Array) -> jax.Array:
+    """Spectral-residual saliency, matching OpenCV's StaticSaliencySpectralResidual.
+
+    Args:
+      gray: (B, H, W) grey levels in [0, 1]; OpenCV is given round(gray * 255) as uint8.
+    Returns:
+      (B, H, W) float32 in [0, 1] (within about 1e-4 of OpenCV, which works in float64 and
+      approximates the phase angle).
+
+    Steps (as OpenCV): shrink to 64x64 with bit-exact bilinear interpolation (uint8 result); FFT;
+    log(1 + amplitude) minus its 3x3 mean (reflect-101 border, on the unshifted spectrum); back to
+    the image domain with the original phase; 5x5 Gaussian blur (sigma 8) of the magnitude, then
+    its square; divide by the maximum (OpenCV divides by the maximum only, it does not subtract the
+    minimum); resize back bilinearly.
+    """
+    _check_gray(gray, "spectral_residual")
+    _, h, w = gray.shape
+    levels = _uint8_levels(gray)
+    # INTER_LINEAR_EXACT on uint8: weights in 1/256 steps, result rounded half up.
+    small = jnp.floor(_resize(levels.astype(jnp.float32), _SR_SIZE, _SR_SIZE, 256) + 0.5)
+
+    spectrum = jnp.fft.fft2(small)
+    log_amp = jnp.log1p(jnp.abs(spectrum))
+    phase = jnp.angle(spectrum)
+    residual = log_amp - _separable_filter(log_amp, np.full(3, 1.0 / 3.0, np.float32))
+    back = jnp.fft.ifft2(jnp.exp(residual) * jnp.exp(1j * phase))
+
+    smooth = _separable_filter(jnp.abs(back), _gaussian_taps(_SR_BLUR_TAPS, _SR_BLUR_SIGMA))
+    energy = smooth * smooth
+    peak = jnp.max(energy, axis=(1, 2), keepdims=True)
+    energy = jnp.where(peak > 0, energy / jnp.where(peak > 0, peak, 1.0), 0.0)
+
+    out = jnp.clip(_resize(energy, h, w, None), 0.0, 1.0)
+    return jnp.where(_is_constant(levels)[:, None, None], 0.0, out).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradient saliency
+# ----------------------------------------------------------------------------------------------
+def _per_image_minmax(x: jax.Array) -> jax.Array:
+    """Min-max normalise each (H, W) map to [0, 1]; a constant map becomes zeros."""
+    lo = jnp.min(x, axis=(1, 2), keepdims=True)
+    span = jnp.max(x, axis=(1, 2), keepdims=True) - lo
+    ok = span > 0
+    return jnp.where(ok, jnp.clip((x - lo) / jnp.where(ok, span, 1.0), 0.0, 1.0), 0.0)
+
+
+def gradient(
+    score_fn: Callable[[jax.Array], jax.Array],
+    images: jax.Array,
+    labels: jax.Array | None = None,
+    *,
+    score: str = "label",
+) -> jax.Array:
+    """Input-gradient saliency (SPEC 4): |d score / d image|, max over colour, per-image min-max.
+
+    Args:
+      score_fn: images -> logits (B, C); close over the (key-encoder) parameters.
+      images: (B, H, W, 3) model inputs (whatever normalisation score_fn expects).
+      labels: (B,) int class indices, or (B, C) one-hot / soft targets (score = their dot product
+        with the logits); required for score='label'.
+      score: 'label' (the label's logit) or 'top' (the largest logit).
+    Returns:
+      (B, H, W) float32 in [0, 1], with no gradient flowing back through it.
+    """
+    _check_rgb(images, "gradient")
+    if score not in SCORES:
+        raise ValueError(f"unknown gradient score {score!r}; valid: {', '.join(SCORES)}")
+    if score == "label" and labels is None:
+        raise ValueError("gradient saliency with score='label' needs labels")
+
+    def total_score(x: jax.Array) -> jax.Array:
+        logits = score_fn(x)
+        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+            raise ValueError(f"score_fn must return (B, C) logits, got {tuple(logits.shape)}")
+        logits = logits.astype(jnp.float32)
+        if score == "top":
+            return jnp.sum(jnp.max(logits, axis=-1))
+        lab = jnp.asarray(labels)
+        if lab.ndim == 1:
+            picked = jnp.take_along_axis(logits, lab.astype(jnp.int32)[:, None], axis=-1)
+            return jnp.sum(picked)
+        if lab.shape != logits.shape:
+            raise ValueError(f"labels {tuple(lab.shape)} do not match logits {tuple(logits.shape)}")
+        return jnp.sum(logits * jax.lax.stop_gradient(lab.astype(jnp.float32)))
+
+    grads = jax.lax.stop_gradient(jax.grad(total_score)(images))
+    magnitude = jnp.max(jnp.abs(grads.astype(jnp.float32)), axis=-1)
+    return _per_image_minmax(magnitude)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatch
+# ----------------------------------------------------------------------------------------------
+def compute(
+    method: str,
+    images: jax.Array,
+    *,
+    score_fn: Callable[[jax.Array], jax.Array] | None = None,
+    labels: jax.Array | None = None,
+    score: str = "label",
+) -> jax.Array:
+    """Saliency of a batch of views by method name (config `saliency.method`).
+
+    `images` are (B, H, W, 3) RGB in [0, 1] (un-normalised views). For 'gradient', `score_fn`
+    receives exactly these images, so it must apply any input normalisation itself.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown saliency method {method!r}; valid: {', '.join(METHODS)}")
+    _check_rgb(images, "compute")
+    if method == "gradient":
+        if score_fn is None:
+            raise ValueError("saliency method 'gradient' needs score_fn")
+        return gradient(score_fn, images, labels, score=score)
+    gray = to_gray(images)
+    if method == "fine_grained":
+        return fine_grained(gray)
+    return spectral_residual(gray)

@@ -1,0 +1,32 @@
+"""Test setup: 8 fake CPU devices before jax initialises; absl flags marked parsed."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+# grain worker processes read absl flags; outside absl.app they are never parsed.
+flags.FLAGS.mark_as_parsed()
+
+HAM10000_DIR = pathlib.Path(
+    os.environ.get(
+        "SPMIX_HAM10000_DIR",
+        str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000_subset"),
+    )
+)
+
+
+@pytest.fixture(scope="session")
+def ham10000_dir() -> pathlib.Path:
+    """The real HAM10000 subset (read by path, never copied into the repository)."""
+    if not (HAM10000_DIR / "labels.csv").exists():
+        pytest.skip(f"HAM10000 subset not found at {HAM10000_DIR} (set SPMIX_HAM10000_DIR)")
+    return HAM10000_DIR

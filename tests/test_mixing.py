@@ -1,0 +1,156 @@
+"""patch_ratios / mix_tokens / baselines against a plain numpy reading of SPEC 5-6 and hand cases."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spmix_jax import mixing
+
+
+def ref_patch_ratios(sal_t, sal_h, patch, alpha=0.8, r_min=0.5, noise_t=None, noise_h=None):
+    """SPEC 5 written with loops, float64."""
+    b, h, w = sal_t.shape
+    g_h, g_w = h // patch, w // patch
+    out = np.zeros((b, g_h * g_w))
+    for i in range(b):
+        scores = []
+        for sal, noise in ((sal_t[i], noise_t), (sal_h[i], noise_h)):
+            s = np.array(
+                [
+                    sal[r * patch : (r + 1) * patch, c * patch : (c + 1) * patch].mean()
+                    for r in range(g_h)
+                    for c in range(g_w)
+                ],
+                dtype=np.float64,
+            )
+            if noise is not None:
+                s = s + noise[i]
+            span = s.max() - s.min()
+            s = (s - s.min()) / span if span > 1e-6 else np.zeros_like(s)
+            scores.append(r_min + (1 - r_min) * s)
+        out[i] = np.minimum(alpha, np.maximum(scores[0], scores[1]))
+    return out
+
+
+def test_patch_ratios_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    sal_t = rng.random((3, 32, 32)).astype(np.float32)
+    sal_h = rng.random((3, 32, 32)).astype(np.float32) ** 3
+    got = mixing.patch_ratios(jnp.asarray(sal_t), jnp.asarray(sal_h), patch_size=8)
+    np.testing.assert_allclose(np.asarray(got), ref_patch_ratios(sal_t, sal_h, 8), atol=1e-5)
+    assert got.shape == (3, 16)
+    assert float(got.min()) >= 0.5 - 1e-6 and float(got.max()) <= 0.8 + 1e-6
+
+
+def test_patch_ratios_with_noise_matches_reference_given_same_noise():
+    sal_t = np.random.default_rng(1).random((2, 16, 16)).astype(np.float32)
+    sal_h = np.zeros((2, 16, 16), np.float32)  # constant: only noise gives it structure
+    key = jax.random.PRNGKey(3)
+    got = mixing.patch_ratios(
+        jnp.asarray(sal_t), jnp.asarray(sal_h), patch_size=4, noise=0.5, rng=key
+    )
+    k_t, k_h = jax.random.split(key)
+    n_t = np.asarray(jax.random.uniform(k_t, (2, 16), minval=-0.5, maxval=0.5))
+    n_h = np.asarray(jax.random.uniform(k_h, (2, 16), minval=-0.5, maxval=0.5))
+    want = ref_patch_ratios(sal_t, sal_h, 4, noise_t=n_t, noise_h=n_h)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+def test_hand_worked_all_saliency_in_one_patch():
+    # 2x2 patches of 4 px. Primary: all saliency in patch 0. Secondary: all in patch 3.
+    sal_t = np.zeros((1, 8, 8), np.float32)
+    sal_t[0, :4, :4] = 1.0
+    sal_h = np.zeros((1, 8, 8), np.float32)
+    sal_h[0, 4:, 4:] = 0.7
+    r = np.asarray(mixing.patch_ratios(jnp.asarray(sal_t), jnp.asarray(sal_h), patch_size=4))
+    # Normalised scores: primary [1,0,0,0] -> [1,.5,.5,.5]; secondary [0,0,0,1] -> [.5,.5,.5,1].
+    # max -> [1, .5, .5, 1]; cap at 0.8 -> [.8, .5, .5, .8].
+    np.testing.assert_allclose(r, [[0.8, 0.5, 0.5, 0.8]], atol=1e-6)
+    # Global mode: one ratio per image, the mean of the per-patch ratios.
+    g = mixing.patch_ratios(
+        jnp.asarray(sal_t), jnp.asarray(sal_h), patch_size=4, mode="global"
+    )
+    np.testing.assert_allclose(np.asarray(g), [[0.65] * 4], atol=1e-6)
+
+
+def test_constant_maps_never_nan_and_give_r_min():
+    z = jnp.zeros((2, 16, 16))
+    r = mixing.patch_ratios(z, z + 3.0, patch_size=4)
+    assert np.all(np.isfinite(np.asarray(r)))
+    np.testing.assert_allclose(np.asarray(r), 0.5)
+    grads = jax.grad(lambda s: mixing.patch_ratios(s, z, patch_size=4).sum())(z)
+    assert np.all(np.isfinite(np.asarray(grads)))
+
+
+def test_random_mode_range_and_errors():
+    z = jnp.zeros((4, 16, 16))
+    r = mixing.patch_ratios(z, z, patch_size=4, mode="random", rng=jax.random.PRNGKey(0))
+    assert r.shape == (4, 16)
+    assert float(r.min()) >= 0.5 and float(r.max()) <= 0.8
+    assert float(jnp.std(r)) > 0.01
+    with pytest.raises(ValueError, match="rng"):
+        mixing.patch_ratios(z, z, patch_size=4, mode="random")
+    with pytest.raises(ValueError, match="mix.ratio"):
+        mixing.patch_ratios(z, z, patch_size=4, mode="nope")
+    with pytest.raises(ValueError, match="divisible"):
+        mixing.patch_ratios(z, z, patch_size=5)
+
+
+def test_patch_order_is_row_major_like_vit_tokens():
+    sal = np.zeros((1, 8, 12), np.float32)
+    sal[0, 0:4, 8:12] = 1.0  # top-right patch of a 2x3 grid -> token index 2
+    means = np.asarray(mixing.patch_means(jnp.asarray(sal), 4))
+    assert means.shape == (1, 6)
+    assert int(np.argmax(means[0])) == 2
+    # Same order as a stride-p convolution flattened (B, h, w, D) -> (B, h*w, D).
+    img = np.arange(8 * 12, dtype=np.float32).reshape(1, 8, 12)
+    conv_order = img.reshape(1, 2, 4, 3, 4).mean(axis=(2, 4)).reshape(1, 6)
+    np.testing.assert_allclose(np.asarray(mixing.patch_means(jnp.asarray(img), 4)), conv_order)
+
+
+def test_mix_tokens_formula_and_grad():
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    b = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    r = rng.uniform(0.5, 0.8, size=(2, 4)).astype(np.float32)
+    got = np.asarray(mixing.mix_tokens(jnp.asarray(a), jnp.asarray(b), jnp.asarray(r)))
+    np.testing.assert_allclose(got, r[..., None] * a + (1 - r[..., None]) * b, rtol=1e-6)
+    g = jax.grad(lambda x: mixing.mix_tokens(x, jnp.asarray(b), jnp.asarray(r)).sum())(
+        jnp.asarray(a)
+    )
+    np.testing.assert_allclose(np.asarray(g), np.broadcast_to(r[..., None], a.shape), rtol=1e-6)
+    with pytest.raises(ValueError):
+        mixing.mix_tokens(jnp.asarray(a), jnp.asarray(b), jnp.asarray(r[:, :2]))
+
+
+def test_cutmix_and_saliencymix_lambda_is_true_area():
+    key = jax.random.PRNGKey(0)
+    x1 = jnp.zeros((8, 16, 16, 3))
+    x2 = jnp.ones((8, 16, 16, 3))
+    mixed, lam = mixing.cutmix(key, x1, x2)
+    np.testing.assert_allclose(np.asarray(mixed.mean(axis=(1, 2, 3))), 1 - np.asarray(lam))
+    sal2 = jnp.zeros((8, 16, 16)).at[:, 3, 12].set(1.0)
+    mixed, lam = mixing.saliencymix(key, x1, x2, sal2)
+    np.testing.assert_allclose(np.asarray(mixed.mean(axis=(1, 2, 3))), 1 - np.asarray(lam))
+    # Wherever a box was pasted it covers the saliency peak of the secondary image.
+    pasted = np.asarray(lam) < 1
+    assert np.all(np.asarray(mixed)[pasted, 3, 12, 0] == 1.0)
+
+
+def test_mixup_family_and_soft_targets():
+    key = jax.random.PRNGKey(1)
+    x1 = jnp.zeros((4, 2, 2, 3))
+    x2 = jnp.ones((4, 2, 2, 3))
+    mixed, lam = mixing.mixup(key, x1, x2, 0.4)
+    np.testing.assert_allclose(np.asarray(mixed[:, 0, 0, 0]), 1 - np.asarray(lam), atol=1e-6)
+    mixed, lam = mixing.balanced_mixup(key, x1, x2, 0.2)
+    np.testing.assert_allclose(np.asarray(mixed[:, 0, 0, 0]), 1 - np.asarray(lam), atol=1e-6)
+    t = mixing.soft_targets(jnp.array([0, 1]), jnp.array([2, 1]), jnp.array([0.3, 0.6]), 3)
+    np.testing.assert_allclose(np.asarray(t), [[0.3, 0, 0.7], [0, 1, 0]], atol=1e-6)
+
+
+def test_render_ratio_map():
+    r = jnp.array([[0.5, 0.6, 0.7, 0.8]])
+    m = np.asarray(mixing.render_ratio_map(r, 4, 2))
+    np.testing.assert_allclose(m[0], [[0.5, 0.5, 0.6, 0.6]] * 2 + [[0.7, 0.7, 0.8, 0.8]] * 2)
