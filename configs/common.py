@@ -130,6 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.gamma = 1.0
     c.loss.temperature = 0.2
     c.loss.queue_size = 8192
+    c.loss.queue_init = "random"  # random (unit vectors, random labels) | empty (masked)
     c.loss.key_logits_from_query = False  # True reproduces the released code
 
     # --- optimisation (SPEC 9) -------------------------------------------------------------

@@ -1,0 +1,30 @@
+"""Tiny config for tests: built-in synthetic data, a 2-block ViT, 16 px inputs, a few steps.
+
+python -m spmix_jax.main --config=configs/tiny.py --workdir=/tmp/tiny
+"""
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+    a = common.parse_arg(arg, steps=6, saliency="fine_grained")
+    c = common.base_config()
+    c.data.name = "synthetic"
+    c.data.image_size = 24
+    c.data.synthetic.num_train = 160
+    c.data.synthetic.num_eval = 40
+    c.input.batch_size = 16
+    c.input.eval_batch_size = 16
+    c.model.variant = "mu/8"
+    c.model.image_size = 16
+    c.model.proj_hidden = 16
+    c.model.proj_dim = 8
+    c.saliency.method = a.saliency
+    c.loss.queue_size = 32
+    c.optim.base_lr = 1e-3
+    c.optim.warmup_epochs = 0.5
+    c.optim.total_steps = a.steps
+    c.train.log_every = 2
+    c.train.eval_every = 1000
+    c.train.checkpoint_every = 2
+    return c

@@ -1,0 +1,58 @@
+"""Entry point: `python -m spmix_jax.main --config=configs/demo.py --workdir=DIR --mode=train`.
+
+Modes: train (then evaluate the best checkpoint and draw figures), eval, predict, visualize.
+Config overrides: `--config.input.batch_size=64`, and arguments: `--config=configs/x.py:a=1`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+MODES = ("train", "eval", "predict", "visualize")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with an argument: configs/x.py:arg", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, metrics and figures.")
+flags.DEFINE_enum("mode", "train", MODES, "What to do.")
+flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU)."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.distributed:
+        jax.distributed.initialize()
+    config = FLAGS.config
+    workdir = FLAGS.workdir
+    from spmix_jax import evaluate, pair_figures, train
+
+    if FLAGS.mode == "train":
+        train.train_and_evaluate(config, workdir)
+        if jax.process_index() == 0:
+            evaluate.run(config, workdir, "eval")
+            if config.mix.method == "spmix" and config.saliency.method != "gradient":
+                print(f"Wrote {pair_figures.make_pair_figure(config, workdir)}")
+    elif FLAGS.mode in ("eval", "predict"):
+        evaluate.run(config, workdir, FLAGS.mode)
+    else:
+        print(f"Wrote {pair_figures.make_pair_figure(config, workdir)}")
+
+
+def run() -> None:
+    """Console-script entry point (`spmix-train`)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,166 @@
+"""The training loop: data, state, the jitted step, logging, evaluation and checkpoints.
+
+Reads top to bottom in phases. A run resumes from the last checkpoint in its workdir (state and
+data iterator together), so a killed run continues with the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+from etils import epath
+
+from input_pipeline import pipeline, sources
+from spmix_jax import checkpointing, evaluate, losses, metrics, sharding
+from spmix_jax import state as state_lib
+from spmix_jax import step as step_lib
+from spmix_jax.config_checks import check_config
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) to the configured number of steps; returns the last eval metrics."""
+    # --- Checks: refuse impossible configs before reading data or compiling -------------------
+    check_config(config)
+    workdir_path = epath.Path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    is_chief = jax.process_index() == 0
+
+    # --- Data ---------------------------------------------------------------------------------
+    train_split = sources.get_split(config.data, config.data.train_split)
+    eval_split = sources.get_split(config.data, config.data.eval_split)
+    num_train = len(train_split.labels)
+    if config.data.num_classes != len(train_split.class_counts):
+        raise ValueError(
+            f"data.num_classes={config.data.num_classes} but the dataset has "
+            f"{len(train_split.class_counts)} classes."
+        )
+    train_iter = pipeline.make_train_iterator(
+        train_split,
+        global_batch_size=config.input.batch_size,
+        image_size=config.data.image_size,
+        seed=config.seed,
+        balanced_q=config.input.balanced_q,
+        primary=config.mix.primary,
+        worker_count=config.input.worker_count,
+        worker_buffer_size=config.input.worker_buffer_size,
+    )
+    logging.info("Train: %d examples, class counts %s", num_train, train_split.class_counts)
+
+    # --- Model, optimizer, state (shape-first, born sharded) ----------------------------------
+    mesh = sharding.make_mesh()
+    model = state_lib.make_model(config)
+    tx = state_lib.make_optimizer(config, num_train)
+    num_steps = state_lib.total_steps(config, num_train)
+    abstract = state_lib.abstract_train_state(config, model, tx, mesh)
+    shardings = jax.tree.map(lambda s: s.sharding, abstract)
+    ckpt = checkpointing.latest_manager(workdir, config.train.keep_checkpoints)
+    best_ckpt = checkpointing.best_manager(workdir)
+    if ckpt.latest_step() is not None:
+        start = int(ckpt.latest_step())
+        logging.info("Resuming from step %d in %s", start, workdir)
+        state = checkpointing.restore(ckpt, start, abstract, train_iter)
+    else:
+        start = 0
+        state = state_lib.create_train_state(
+            config, model, tx, mesh, jax.random.PRNGKey(config.seed)
+        )
+
+    # --- Steps --------------------------------------------------------------------------------
+    log_prior = losses.class_log_prior(
+        train_split.class_counts, primary=config.mix.primary, balanced_q=config.input.balanced_q
+    )
+    lr_schedule = state_lib.learning_rate_schedule(config, num_train)
+    train_step = step_lib.jit_train_step(
+        step_lib.make_train_step(config, model, tx, log_prior, num_steps, lr_schedule),
+        shardings,
+        sharding.data_sharding(mesh),
+    )
+    eval_fn = jax.jit(step_lib.make_eval_step(config, model))
+
+    # --- Loop ---------------------------------------------------------------------------------
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    if start == 0:
+        writer.write_hparams(
+            {k: v for k, v in config.to_dict().items() if isinstance(v, int | float | str)}
+        )
+    report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+    stop_at = num_steps
+    if config.train.max_steps_per_run > 0:
+        stop_at = min(num_steps, start + config.train.max_steps_per_run)
+    log_every, eval_every = config.train.log_every, config.train.eval_every
+    ckpt_every = config.train.checkpoint_every
+    acc, last_eval = None, {}
+    t0, t0_step = time.time(), start
+    print(
+        f"Training steps {start}..{stop_at} of {num_steps} on {jax.device_count()} device(s) "
+        f"({jax.devices()[0].platform}); workdir {workdir}",
+        flush=True,
+    )
+    for step in range(start + 1, stop_at + 1):
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+            batch = sharding.global_batch(next(train_iter), mesh)
+            state, step_metrics = train_step(state, batch)
+        acc = step_metrics if acc is None else acc.merge(step_metrics)
+        report(step)
+        is_last = step == stop_at
+        do_eval = step % eval_every == 0 or step == num_steps
+        do_ckpt = step % ckpt_every == 0 or is_last
+        if step % log_every == 0 or is_last or do_eval or do_ckpt:
+            values = metrics.to_host(acc)
+            acc = None
+            if not np.isfinite(values["loss"]):
+                raise NonFiniteLossError(
+                    f"Loss became {values['loss']} between steps {step - log_every} and {step}; "
+                    f"stopping. The last good checkpoint in {workdir}/checkpoints is kept "
+                    "(lower optim.base_lr, set optim.grad_clip, or use model.dtype=float32)."
+                )
+            writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
+            rate = (step - t0_step) / max(time.time() - t0, 1e-9)
+            eta = (num_steps - step) / max(rate, 1e-9)
+            print(
+                f"step {step:>6}/{num_steps} | loss {values['loss']:.4f} | acc "
+                f"{values['accuracy']:.3f} | ratio {values['mix_ratio_mean']:.3f} | lr "
+                f"{values['learning_rate']:.2e} | {rate:.2f} steps/s | ETA {_fmt_time(eta)}",
+                flush=True,
+            )
+        if do_eval:
+            last_eval = evaluate.evaluate_split(config, state.params, eval_split, mesh, eval_fn)
+            scalars = {
+                f"val/{k}": last_eval[k]
+                for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro")
+                if last_eval.get(k) is not None
+            }
+            writer.write_scalars(step, scalars)
+            print(
+                f"eval step {step}: " + " | ".join(f"{k[4:]} {v:.4f}" for k, v in scalars.items()),
+                flush=True,
+            )
+            checkpointing.save(
+                best_ckpt,
+                step,
+                state,
+                metrics={checkpointing.BEST_METRIC: last_eval["balanced_accuracy"]},
+            )
+        if do_ckpt:
+            checkpointing.save(ckpt, step, state, train_iter)
+    writer.flush()
+    ckpt.wait_until_finished()
+    best_ckpt.wait_until_finished()
+    return last_eval
