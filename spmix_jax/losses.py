@@ -195,9 +195,7 @@ def class_log_prior(
 def _check_logits_labels(logits: jax.Array, labels: jax.Array) -> None:
     _check_rank("logits", logits, 2)
     if labels.shape != (logits.shape[0],):
-        raise ValueError(
-            f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}"
-        )
+        raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

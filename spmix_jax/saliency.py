@@ -106,8 +106,8 @@ def _blur3_uint8(levels: jax.Array) -> jax.Array:
 def _floor_255_times_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
     """floor(255 * float32(num / den)) for int32 num >= 0, den > 0, with the float32 quotient.
 
-    OpenCV rescales each summed map with `(uchar)(255. * (float)(s / (float)max))`: the quotient is
-    rounded to float32 before the (exact, double) product is truncated. When 255 * num / den is an
+    OpenCV rescales each summed map by rounding the quotient s / max to float32, multiplying it by
+    255 in double precision (exact) and truncating to uchar. When 255 * num / den is an
     integer k and the float32 quotient lies just below num / den, OpenCV yields k - 1. Integer
     division gives the exact floor; the rounding direction of the float32 quotient is found
     exactly with a Veltkamp split (q = hi + lo, 12-bit halves, so hi*den and lo*den are exact).
@@ -115,7 +115,9 @@ def _floor_255_times_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
     k = (255 * num) // den
     exact_integer = (255 * num) % den == 0
     numf = num.astype(jnp.float32)
-    denf = den.astype(jnp.float32)
+    # Full-shape, behind a barrier: XLA would otherwise divide by a broadcast through one
+    # reciprocal and a multiplication, which is not the correctly rounded quotient.
+    denf = jax.lax.optimization_barrier(jnp.broadcast_to(den, num.shape).astype(jnp.float32))
     q = numf / denf
     c = q * jnp.float32(4097.0)
     hi = c - (c - q)
@@ -147,7 +149,7 @@ def fine_grained(gray: jax.Array) -> jax.Array:
     half-widths take the window mean excluding the centre pixel (via an integral image), and keep
     the truncated positive parts of centre - mean ("on") and mean - centre ("off"); sum each over
     the scales, rescale each sum so its maximum is 255, add on and off and rescale by the larger of
-    their maxima.
+    their maxima (keeping OpenCV's uint8 wrap-around where the sum passes 255).
     """
     _check_gray(gray, "fine_grained")
     _, h, w = gray.shape
@@ -171,17 +173,24 @@ def fine_grained(gray: jax.Array) -> jax.Array:
             - jnp.take(at_top, right, axis=2)
         )
         others = ((bottom - top)[:, None] * (right - left)[None, :] - 1).astype(np.float32)
-        surround = (window - img).astype(jnp.float32) / jnp.asarray(others)
+        # Full-shape, behind a barrier: XLA turns a division by a constant or by a broadcast into
+        # a multiplication by a rounded reciprocal, which changes the truncation in a few pixels.
+        others = jax.lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(others), img.shape))
+        surround = (window - img).astype(jnp.float32) / others
         on_sum = on_sum + jnp.floor(jnp.maximum(centre_f - surround, 0.0)).astype(jnp.int32)
         off_sum = off_sum + jnp.floor(jnp.maximum(surround - centre_f, 0.0)).astype(jnp.int32)
 
     on = _rescale_to_255(on_sum)
     off = _rescale_to_255(off_sum)
-    peak = jnp.maximum(jnp.max(on, axis=(1, 2), keepdims=True), jnp.max(off, axis=(1, 2), keepdims=True))
-    # OpenCV divides in double; with integers the floor of the exact quotient is the same. The
-    # result cannot exceed 255 in practice (never observed); it is clipped rather than wrapped.
+    peak = jnp.maximum(
+        jnp.max(on, axis=(1, 2), keepdims=True), jnp.max(off, axis=(1, 2), keepdims=True)
+    )
+    # OpenCV divides in double; with integers the floor of the exact quotient is the same. Where
+    # on + off exceeds 255 (rare: a pixel brighter than its near and darker than its far
+    # surround) OpenCV's cast to uchar keeps the low byte, so 256 becomes 0; reproduced here so
+    # that maps equal the ones the released code reads.
     mixed = jnp.where(peak > 0, (255 * (on + off)) // jnp.maximum(peak, 1), 0)
-    mixed = jnp.minimum(mixed, 255)
+    mixed = mixed % 256
     # OpenCV's convertTo(CV_32F, 1/255) multiplies by the float32 reciprocal.
     return mixed.astype(jnp.float32) * jnp.float32(1.0 / 255.0)
 
