@@ -1,8 +1,8 @@
 """Vision Transformer split into `embed` and `encode`, so SPMix can mix patch tokens in between.
 
 Pre-norm blocks, learned position embedding, CLS pooling, LayerNorm eps 1e-6 (as ViT / big_vision).
-Variants are decoded from strings: "mu/8" (tiny, tests), "Ti/16", "S/16", "B/16", "L/16"; the
-number after the slash is the patch size (e.g. "S/8" for small images).
+Variants are decoded from strings: "mu/8" (tiny, tests), "nano/8" (CPU runs), "Ti/16", "S/16",
+"B/16", "L/16"; the number after the slash is the patch size (e.g. "S/8" for small images).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 _VARIANTS = {
     # name: (width, depth, mlp_dim, heads)
     "mu": (32, 2, 64, 2),
+    "nano": (96, 4, 384, 3),  # small enough to train on a CPU in minutes
     "Ti": (192, 12, 768, 3),
     "S": (384, 12, 1536, 6),
     "M": (512, 12, 2048, 8),
