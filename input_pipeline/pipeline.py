@@ -60,15 +60,22 @@ def _process_index_and_count(process_index: int | None,
     return int(process_index), int(process_count)
 
 
-def _to_rgb_array(image: Any, image_id: str) -> np.ndarray | Image.Image:
-    """A decoded uint8 (H, W, 3) array, or a PIL image straight from encoded bytes."""
+def decode_image(image: Any, image_size: int, image_id: str = "?") -> np.ndarray | Image.Image:
+    """Pixels of a record's image: a uint8 (H, W, 3) array, or a loaded RGB PIL image for bytes.
+
+    Accepts a uint8 (H, W, 3|1|4) or (H, W) array, or encoded JPEG/PNG bytes. JPEGs are decoded
+    at the smallest DCT scale that still covers `image_size` on both sides (PIL `draft`), which
+    costs a fraction of a full decode for large sources. Errors name `image_id`.
+    """
     if isinstance(image, np.ndarray) and image.dtype == object and image.ndim == 0:
         image = image.item()
     if isinstance(image, (bytes, bytearray, memoryview)):
-        try:
+        try:  # PIL raises several exception types for broken data
             pil = Image.open(io.BytesIO(bytes(image)))
-            return pil
-        except Exception as err:  # PIL raises several types for broken data
+            if pil.format == "JPEG":
+                pil.draft("RGB", (image_size, image_size))
+            return pil.convert("RGB")
+        except Exception as err:
             raise ValueError(f"cannot decode image {image_id!r}: {err}") from err
     image = np.asarray(image)
     if image.dtype != np.uint8:
@@ -82,34 +89,24 @@ def _to_rgb_array(image: Any, image_id: str) -> np.ndarray | Image.Image:
     return image[..., :3]
 
 
-def prepare_image(image: Any, image_size: int, image_id: str = "?") -> np.ndarray:
-    """Decodes if needed, resizes the short side to `image_size` and crops the centre square.
-
-    Accepts a uint8 (H, W, 3|1|4) or (H, W) array, or encoded JPEG/PNG bytes. Bilinear with
-    antialiasing (PIL); the crop and resize happen in one resampling step. JPEGs are decoded at
-    the smallest DCT scale that still covers the output (`draft`), which costs a fraction of a
-    full decode for large sources.
-    """
-    decoded = _to_rgb_array(image, image_id)
-    if isinstance(decoded, np.ndarray):
-        if decoded.shape[:2] == (image_size, image_size):
-            return np.ascontiguousarray(decoded)
-        pil = Image.fromarray(np.ascontiguousarray(decoded))
-    else:
-        pil = decoded
-        try:
-            if pil.format == "JPEG":
-                pil.draft("RGB", (image_size, image_size))
-            pil = pil.convert("RGB")
-        except Exception as err:
-            raise ValueError(f"cannot decode image {image_id!r}: {err}") from err
-    width, height = pil.size
-    short = min(width, height)
-    left, top = (width - short) / 2.0, (height - short) / 2.0
+def resize_centre_square(image: np.ndarray | Image.Image, image_size: int) -> np.ndarray:
+    """Short side to `image_size`, centre square crop: one antialiased bilinear resampling (PIL)."""
+    if isinstance(image, np.ndarray):
+        if image.shape[:2] == (image_size, image_size):
+            return np.ascontiguousarray(image)
+        image = Image.fromarray(np.ascontiguousarray(image))
+    width, height = image.size
     if (width, height) != (image_size, image_size):
-        pil = pil.resize((image_size, image_size), Image.Resampling.BILINEAR,
-                         box=(left, top, left + short, top + short))
-    return np.asarray(pil, dtype=np.uint8)
+        short = min(width, height)
+        left, top = (width - short) / 2.0, (height - short) / 2.0
+        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR,
+                             box=(left, top, left + short, top + short))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def prepare_image(image: Any, image_size: int, image_id: str = "?") -> np.ndarray:
+    """Decodes if needed, resizes the short side to `image_size` and crops the centre square."""
+    return resize_centre_square(decode_image(image, image_size, image_id), image_size)
 
 
 def _read(source: Any, labels: np.ndarray, index: int, image_size: int) -> np.ndarray:
@@ -170,13 +167,16 @@ class _EvalExample:
         }
 
 
-def _check_split(data_split: DataSplit) -> np.ndarray:
+def _check_split(data_split: DataSplit, *, for_training: bool) -> np.ndarray:
     labels = np.asarray(data_split.labels)
     if labels.ndim != 1 or len(labels) != len(data_split.source):
         raise ValueError(f"split {data_split.split!r}: {labels.shape} labels for "
                          f"{len(data_split.source)} records")
     if len(labels) == 0:
         raise ValueError(f"split {data_split.split!r} is empty")
+    if for_training and labels.min() < 0:
+        raise ValueError(f"split {data_split.split!r} has {int((labels < 0).sum())} examples "
+                         "without ground truth (label -1); it cannot be trained on")
     return labels.astype(np.int64)
 
 
@@ -185,38 +185,103 @@ def _read_options(read_threads: int) -> grain.ReadOptions:
     return grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2, read_threads))
 
 
+class PairBatchIterator(grain.DatasetIterator):
+    """This host's infinite stream of training batches; its state is portable.
+
+    The state is the number of global batches consumed plus the settings that fix the stream,
+    so a run saved with 2 workers resumes with 0 (grain's own multi-worker state would not) and
+    a state from another seed, batch size, split or primary choice is refused. `set_state`
+    rebuilds the grain pipeline at that batch; nothing is decoded to skip ahead.
+    """
+
+    def __init__(self, element: _TrainPair, *, host_batch: int, worker_count: int,
+                 worker_buffer_size: int, read_threads: int, settings: dict[str, Any]):
+        super().__init__()
+        self._element, self._host_batch = element, host_batch
+        self._worker_count, self._worker_buffer_size = worker_count, worker_buffer_size
+        self._read_threads = read_threads
+        self._settings = dict(settings)
+        self._step = 0
+        self._inner = self._build(0)
+
+    def _build(self, step: int) -> grain.DatasetIterator:
+        ds = (grain.MapDataset.range(step * self._host_batch, _STREAM_LENGTH)
+              .map(self._element)
+              .batch(self._host_batch, drop_remainder=True)
+              .to_iter_dataset(_read_options(self._read_threads)))
+        if self._worker_count > 0:
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=self._worker_count, per_worker_buffer_size=self._worker_buffer_size))
+        return iter(ds)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        self._assert_not_closed()
+        batch = next(self._inner)
+        self._step += 1
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        """{'step': batches consumed, plus the settings}; JSON-serialisable."""
+        return {"step": self._step, **self._settings}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continues right after the batch at which `state` was taken."""
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError(f"not a training iterator state: {state!r}")
+        mismatched = {key: (state.get(key), value) for key, value in self._settings.items()
+                      if state.get(key) != value}
+        if mismatched:
+            raise ValueError("iterator state was saved with other settings "
+                             f"(saved, current): {mismatched}")
+        step = int(state["step"])
+        if step < 0:
+            raise ValueError(f"iterator state has a negative step {step}")
+        self._inner.close()
+        self._inner = self._build(step)
+        self._step = step
+
+    def start_prefetch(self) -> None:
+        self._inner.start_prefetch()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._inner.close()
+        super().close()
+
+
 def make_train_iterator(
     data_split: DataSplit, *, global_batch_size: int, image_size: int, seed: int,
     balanced_q: float, primary: str, worker_count: int = 0, worker_buffer_size: int = 2,
     process_index: int | None = None, process_count: int | None = None, read_threads: int = 1,
-) -> grain.DatasetIterator:
+) -> PairBatchIterator:
     """Infinite iterator of this host's training batches of pairs (checkpointable).
 
     Batch keys: primary_image, secondary_image uint8 (b, S, S, 3); primary_label,
     secondary_label, primary_index, secondary_index int32 (b,), b = global batch / processes.
-    Deterministic in `seed` and independent of `worker_count` and `read_threads`.
+    Deterministic in `seed` and independent of `worker_count` and `read_threads` (threads
+    decoding ahead in each process; elements are whole batches).
     """
     if primary not in sampling.PRIMARY_CHOICES:
         raise ValueError(f"primary must be one of {sampling.PRIMARY_CHOICES}, got {primary!r}")
     if worker_count < 0 or read_threads < 0:
         raise ValueError(f"worker_count and read_threads must be >= 0, got {worker_count}, "
                          f"{read_threads}")
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
     process_index, process_count = _process_index_and_count(process_index, process_count)
     batch = host_batch_size(global_batch_size, process_count)
-    labels = _check_split(data_split)
+    labels = _check_split(data_split, for_training=True)
     num_classes = max(len(data_split.class_counts), int(labels.max()) + 1)
     sampler = sampling.PairSampler(labels, seed=seed, balanced_q=balanced_q,
                                    num_classes=num_classes)
     element = _TrainPair(data_split.source, labels, sampler, global_batch_size, batch,
                          process_index, primary, image_size)
-    ds = (grain.MapDataset.range(_STREAM_LENGTH)
-          .map(element)
-          .batch(batch, drop_remainder=True)
-          .to_iter_dataset(_read_options(read_threads)))
-    if worker_count > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
-    return iter(ds)
+    settings = {"split": str(data_split.split), "num_examples": int(len(labels)),
+                "global_batch_size": int(global_batch_size), "image_size": int(image_size),
+                "seed": int(seed), "balanced_q": float(balanced_q), "primary": primary}
+    return PairBatchIterator(element, host_batch=batch, worker_count=worker_count,
+                             worker_buffer_size=worker_buffer_size, read_threads=read_threads,
+                             settings=settings)
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
@@ -232,11 +297,12 @@ def make_eval_iterator(
     """One pass over the split, this host's shard, padded to full batches with `mask` False.
 
     Batch keys: image uint8 (b, S, S, 3), label int32, index int32 (-1 on padding), mask bool.
+    A split without ground truth passes its labels (-1) through unchanged.
     Every host yields the same number of batches; over all hosts each example appears once.
     """
     process_index, process_count = _process_index_and_count(process_index, process_count)
     batch = host_batch_size(global_batch_size, process_count)
-    labels = _check_split(data_split)
+    labels = _check_split(data_split, for_training=False)
     steps = num_eval_batches(len(labels), global_batch_size)
     element = _EvalExample(data_split.source, labels, global_batch_size, batch, process_index,
                            image_size)

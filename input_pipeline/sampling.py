@@ -29,7 +29,7 @@ def class_sampling_weights(class_counts: np.ndarray, q: float) -> np.ndarray:
 
 
 def balanced_class_distribution(class_counts: np.ndarray, q: float) -> np.ndarray:
-    """Probability that the class-balanced draw has class k: n_k * c_k, renormalised (~ n_k^(1-q))."""
+    """P(class-balanced draw has class k) = n_k * c_k, renormalised, i.e. ~ n_k^(1-q)."""
     counts = np.asarray(class_counts, np.float64)
     mass = counts * class_sampling_weights(counts, q)
     total = mass.sum()

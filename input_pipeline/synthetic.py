@@ -73,7 +73,8 @@ def long_tailed_counts(
     if sorted(order) != list(range(num_classes)):
         raise ValueError(f"order must be a permutation of 0..{num_classes - 1}, got {order}")
     if num_examples < num_classes:
-        raise ValueError(f"need at least {num_classes} examples (one per class), got {num_examples}")
+        raise ValueError(f"need at least {num_classes} examples (one per class), "
+                         f"got {num_examples}")
     if not imbalance >= 1.0:
         raise ValueError(f"imbalance must be >= 1 (head/tail ratio), got {imbalance}")
     rank = np.arange(num_classes, dtype=np.float64)
@@ -93,7 +94,7 @@ def long_tailed_counts(
 
 @functools.lru_cache(maxsize=8)
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates in [-1, 1]: a (S, 1) column and a (1, S) row (broadcast, not tiled)."""
+    """Pixel-centre coordinates in [-1, 1]: an (S, 1) column and a (1, S) row (broadcast)."""
     axis = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0).astype(np.float32)
     return axis[:, None], axis[None, :]
 

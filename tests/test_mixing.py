@@ -68,9 +68,7 @@ def test_hand_worked_all_saliency_in_one_patch():
     # max -> [1, .5, .5, 1]; cap at 0.8 -> [.8, .5, .5, .8].
     np.testing.assert_allclose(r, [[0.8, 0.5, 0.5, 0.8]], atol=1e-6)
     # Global mode: one ratio per image, the mean of the per-patch ratios.
-    g = mixing.patch_ratios(
-        jnp.asarray(sal_t), jnp.asarray(sal_h), patch_size=4, mode="global"
-    )
+    g = mixing.patch_ratios(jnp.asarray(sal_t), jnp.asarray(sal_h), patch_size=4, mode="global")
     np.testing.assert_allclose(np.asarray(g), [[0.65] * 4], atol=1e-6)
 
 
