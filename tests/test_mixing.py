@@ -1,4 +1,4 @@
-"""patch_ratios / mix_tokens / baselines against a plain numpy reading of SPEC 5-6 and hand cases."""
+"""patch_ratios, mix_tokens and baselines vs a plain numpy reading of SPEC 5-6 and hand cases."""
 
 import jax
 import jax.numpy as jnp
