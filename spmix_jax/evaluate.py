@@ -89,8 +89,20 @@ def restore_params(
     return restored.params, step
 
 
+def restore_for_figures(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
+    """(params, model) of the configured checkpoint, for figures that need a trained model."""
+    mesh = sharding.make_mesh()
+    train = sources.get_split(config.data, config.data.train_split)
+    params, _ = restore_params(config, workdir, mesh, len(train.labels))
+    return params, state_lib.make_model(config)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> dict[str, Any]:
-    """`eval`: metrics JSON + report + confusion PNG; `predict`: CSV of class probabilities."""
+    """`eval`: metrics JSON + report + confusion PNG; `predict`: CSV of class probabilities.
+
+    Every process takes part in the computation (the eval batches are sharded over all hosts);
+    only process 0 writes files and prints.
+    """
     check_config(config)
     mesh = sharding.make_mesh()
     train = sources.get_split(config.data, config.data.train_split)
@@ -98,8 +110,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> 
     split = sources.get_split(config.data, split_name)
     params, step = restore_params(config, workdir, mesh, len(train.labels))
     out_dir = epath.Path(workdir)
+    chief = jax.process_index() == 0
     if mode == "predict":
         logits, _, index = predict_split(config, params, split, mesh)
+        if not chief:
+            return {"num_examples": int(len(index))}
         probs = metrics.softmax(logits)
         path = out_dir / f"predict_{split_name}_{step}.csv"
         with path.open("w") as f:
@@ -113,6 +128,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> 
     result = evaluate_split(config, params, split, mesh)
     result["step"] = step
     result["split"] = split_name
+    if not chief:
+        return result
     json_path = metrics.write_eval_json(out_dir / f"eval_{split_name}_{step}.json", result)
     png = out_dir / f"confusion_{split_name}_{step}.png"
     visualize.confusion_matrix_figure(

@@ -38,15 +38,21 @@ def main(argv: list[str]) -> None:
     from spmix_jax import evaluate, pair_figures, train
 
     if FLAGS.mode == "train":
-        train.train_and_evaluate(config, workdir)
-        if jax.process_index() == 0:
-            evaluate.run(config, workdir, "eval")
-            if config.mix.method == "spmix" and config.saliency.method != "gradient":
-                print(f"Wrote {pair_figures.make_pair_figure(config, workdir)}")
+        finished = train.train_and_evaluate(config, workdir)
+        if finished:
+            evaluate.run(config, workdir, "eval")  # all processes: eval batches are sharded
+            if jax.process_index() == 0 and config.mix.method == "spmix":
+                params = model = None
+                if config.saliency.method == "gradient":
+                    params, model = evaluate.restore_for_figures(config, workdir)
+                print(f"Wrote {pair_figures.make_pair_figure(config, workdir, params, model)}")
     elif FLAGS.mode in ("eval", "predict"):
         evaluate.run(config, workdir, FLAGS.mode)
-    else:
-        print(f"Wrote {pair_figures.make_pair_figure(config, workdir)}")
+    elif jax.process_index() == 0:
+        params = model = None
+        if config.saliency.method == "gradient":
+            params, model = evaluate.restore_for_figures(config, workdir)
+        print(f"Wrote {pair_figures.make_pair_figure(config, workdir, params, model)}")
 
 
 def run() -> None:

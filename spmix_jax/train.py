@@ -7,7 +7,6 @@ data iterator together), so a killed run continues with the batches it would hav
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import jax
 import ml_collections
@@ -15,6 +14,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
+from jax.experimental import multihost_utils
 
 from input_pipeline import pipeline, sources
 from spmix_jax import checkpointing, evaluate, losses, metrics, sharding
@@ -34,8 +34,20 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) to the configured number of steps; returns the last eval metrics."""
+def _preempted(step: int) -> bool:
+    """True on every process at the same step once the cluster announced a preemption."""
+    try:
+        return bool(multihost_utils.reached_preemption_sync_point(step))
+    except RuntimeError:  # no distributed runtime (single process): nothing announces preemption
+        return False
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
+    """Trains (or resumes) to the configured number of steps.
+
+    Returns True when training reached its last step, False when it stopped earlier
+    (`train.max_steps_per_run`, or a preemption notice, after saving a checkpoint).
+    """
     # --- Checks: refuse impossible configs before reading data or compiling -------------------
     check_config(config)
     workdir_path = epath.Path(workdir)
@@ -106,8 +118,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         stop_at = min(num_steps, start + config.train.max_steps_per_run)
     log_every, eval_every = config.train.log_every, config.train.eval_every
     ckpt_every = config.train.checkpoint_every
-    acc, last_eval = None, {}
-    t0, t0_step = time.time(), start
+    acc = None
+    t_last, step_last = time.time(), start
     print(
         f"Training steps {start}..{stop_at} of {num_steps} on {jax.device_count()} device(s) "
         f"({jax.devices()[0].platform}); workdir {workdir}",
@@ -119,7 +131,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             state, step_metrics = train_step(state, batch)
         acc = step_metrics if acc is None else acc.merge(step_metrics)
         report(step)
-        is_last = step == stop_at
+        preempted = _preempted(step)
+        is_last = step == stop_at or preempted
         do_eval = step % eval_every == 0 or step == num_steps
         do_ckpt = step % ckpt_every == 0 or is_last
         if step % log_every == 0 or is_last or do_eval or do_ckpt:
@@ -132,7 +145,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     "(lower optim.base_lr, set optim.grad_clip, or use model.dtype=float32)."
                 )
             writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
-            rate = (step - t0_step) / max(time.time() - t0, 1e-9)
+            now = time.time()
+            rate = (step - step_last) / max(now - t_last, 1e-9)  # since the last line
+            t_last, step_last = now, step
             eta = (num_steps - step) / max(rate, 1e-9)
             print(
                 f"step {step:>6}/{num_steps} | loss {values['loss']:.4f} | acc "
@@ -160,7 +175,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
         if do_ckpt:
             checkpointing.save(ckpt, step, state, train_iter)
+        if preempted:
+            print(f"Preemption notice: saved step {step}; rerun the same command to resume.")
+            break
     writer.flush()
     ckpt.wait_until_finished()
     best_ckpt.wait_until_finished()
-    return last_eval
+    if hasattr(train_iter, "close"):
+        train_iter.close()
+    return int(jax.device_get(state.step)) >= num_steps
