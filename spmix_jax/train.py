@@ -107,7 +107,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
     eval_fn = jax.jit(step_lib.make_eval_step(config, model))
 
     # --- Loop ---------------------------------------------------------------------------------
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    # TensorBoard on the chief only; the console gets the progress lines printed below.
+    writer = metric_writers.MultiWriter(
+        [metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))] if is_chief else []
+    )
     if start == 0:
         writer.write_hparams(
             {k: v for k, v in config.to_dict().items() if isinstance(v, int | float | str)}
