@@ -33,6 +33,7 @@ from input_pipeline.sources import DataSplit  # noqa: E402
 CLASS_NAMES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 DEFAULT_DIR = os.environ.get("SPMIX_HAM10000_DIR", "/work/shared/data/ham10000_subset")
 
+
 class JpegFolderSource:
     """Random access to `images/<id>.jpg` with labels from a one-hot `labels.csv`."""
 
@@ -43,8 +44,9 @@ class JpegFolderSource:
         if not rows:
             raise ValueError(f"{self.root / 'labels.csv'} has no rows")
         self.image_ids = [row["image"] for row in rows]
-        self.labels = np.array([int(np.argmax([float(row[c]) for c in CLASS_NAMES]))
-                                for row in rows], np.int64)
+        self.labels = np.array(
+            [int(np.argmax([float(row[c]) for c in CLASS_NAMES])) for row in rows], np.int64
+        )
         lesions: dict[str, str] = {}
         meta = self.root / "metadata.csv"
         if meta.exists():
@@ -57,9 +59,12 @@ class JpegFolderSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id = self.image_ids[index]
-        return {"image": (self.root / "images" / f"{image_id}.jpg").read_bytes(),
-                "label": int(self.labels[index]), "image_id": image_id,
-                "lesion_id": self.lesion_ids[index]}
+        return {
+            "image": (self.root / "images" / f"{image_id}.jpg").read_bytes(),
+            "label": int(self.labels[index]),
+            "image_id": image_id,
+            "lesion_id": self.lesion_ids[index],
+        }
 
 
 def _machine() -> dict[str, Any]:
@@ -74,20 +79,35 @@ def _machine() -> dict[str, Any]:
     import grain
     import PIL
 
-    return {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "cpu_model": model, "platform": platform.platform(),
-            "python": platform.python_version(), "pillow": PIL.__version__,
-            "grain": getattr(grain, "__version__", "?"), "numpy": np.__version__,
-            "load_average_1min": round(os.getloadavg()[0], 2)}
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "pillow": PIL.__version__,
+        "grain": getattr(grain, "__version__", "?"),
+        "numpy": np.__version__,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
 
 
-def _throughput(split: DataSplit, *, workers: int, read_threads: int, image_size: int,
-                batch: int, batches: int) -> dict[str, Any]:
-    it = pipeline.make_train_iterator(split, global_batch_size=batch, image_size=image_size,
-                                      seed=0, balanced_q=1.0, primary="balanced",
-                                      worker_count=workers, worker_buffer_size=2,
-                                      process_index=0, process_count=1,
-                                      read_threads=read_threads)
+def _throughput(
+    split: DataSplit, *, workers: int, read_threads: int, image_size: int, batch: int, batches: int
+) -> dict[str, Any]:
+    it = pipeline.make_train_iterator(
+        split,
+        global_batch_size=batch,
+        image_size=image_size,
+        seed=0,
+        balanced_q=1.0,
+        primary="balanced",
+        worker_count=workers,
+        worker_buffer_size=2,
+        process_index=0,
+        process_count=1,
+        read_threads=read_threads,
+    )
     try:
         start = time.perf_counter()
         next(it)  # worker start-up and the first batch
@@ -102,10 +122,15 @@ def _throughput(split: DataSplit, *, workers: int, read_threads: int, image_size
         it.close()
     pairs_per_s = batches * batch / elapsed
     busy = min(os.cpu_count() or 1, max(1, workers))
-    return {"workers": workers, "read_threads": read_threads,
-            "pairs_per_s": round(pairs_per_s, 1),
-            "pairs_per_s_per_core": round(pairs_per_s / busy, 1), "cores_assumed_busy": busy,
-            "first_batch_s": round(first, 2), "batches_timed": batches}
+    return {
+        "workers": workers,
+        "read_threads": read_threads,
+        "pairs_per_s": round(pairs_per_s, 1),
+        "pairs_per_s_per_core": round(pairs_per_s / busy, 1),
+        "cores_assumed_busy": busy,
+        "first_batch_s": round(first, 2),
+        "batches_timed": batches,
+    }
 
 
 def _time_parts(split: DataSplit, image_size: int, pairs: int) -> dict[str, Any]:
@@ -117,9 +142,17 @@ def _time_parts(split: DataSplit, image_size: int, pairs: int) -> dict[str, Any]
     batch = 32
     rounds = max(1, pairs // batch)
     rng = np.random.default_rng(0)
-    it = pipeline.make_train_iterator(split, global_batch_size=batch, image_size=image_size,
-                                      seed=1, balanced_q=1.0, primary="balanced",
-                                      process_index=0, process_count=1, read_threads=0)
+    it = pipeline.make_train_iterator(
+        split,
+        global_batch_size=batch,
+        image_size=image_size,
+        seed=1,
+        balanced_q=1.0,
+        primary="balanced",
+        process_index=0,
+        process_count=1,
+        read_threads=0,
+    )
     read = decode = resize = total = 0.0
     try:
         next(it)
@@ -141,28 +174,40 @@ def _time_parts(split: DataSplit, image_size: int, pairs: int) -> dict[str, Any]
     n = rounds * batch
     total, decode, resize, read = total / n, decode / n, resize / n, read / n
     rest = max(total - decode - resize, 0.0)
-    return {"pair_ms_serial": round(total * 1e3, 3),
-            "pairs_per_s_one_core": round(1.0 / total, 1),
-            "decode_ms": round(decode * 1e3, 3), "resize_ms": round(resize * 1e3, 3),
-            "rest_ms": round(rest * 1e3, 3), "of_which_file_read_ms": round(read * 1e3, 3),
-            "decode_share": round(decode / total, 3), "resize_share": round(resize / total, 3),
-            "rest_share": round(rest / total, 3), "pairs_timed": n}
+    return {
+        "pair_ms_serial": round(total * 1e3, 3),
+        "pairs_per_s_one_core": round(1.0 / total, 1),
+        "decode_ms": round(decode * 1e3, 3),
+        "resize_ms": round(resize * 1e3, 3),
+        "rest_ms": round(rest * 1e3, 3),
+        "of_which_file_read_ms": round(read * 1e3, 3),
+        "decode_share": round(decode / total, 3),
+        "resize_share": round(resize / total, 3),
+        "rest_share": round(rest / total, 3),
+        "pairs_timed": n,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", default=DEFAULT_DIR,
-                        help="folder with images/*.jpg and labels.csv")
-    parser.add_argument("--tfds_dir", default="",
-                        help="a built TFDS dataset directory, read through sources.get_split")
+    parser.add_argument(
+        "--data_dir", default=DEFAULT_DIR, help="folder with images/*.jpg and labels.csv"
+    )
+    parser.add_argument(
+        "--tfds_dir",
+        default="",
+        help="a built TFDS dataset directory, read through sources.get_split",
+    )
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--batches", type=int, default=25, help="timed batches per setting")
     parser.add_argument("--workers", default="0,1,2")
-    parser.add_argument("--read_threads", default="1",
-                        help="decoding threads per process to try (comma-separated)")
-    parser.add_argument("--parts_pairs", type=int, default=256,
-                        help="pairs timed for the decode/resize split")
+    parser.add_argument(
+        "--read_threads", default="1", help="decoding threads per process to try (comma-separated)"
+    )
+    parser.add_argument(
+        "--parts_pairs", type=int, default=256, help="pairs timed for the decode/resize split"
+    )
     args = parser.parse_args()
 
     from absl import flags
@@ -180,12 +225,17 @@ def main() -> None:
         dataset = args.tfds_dir
     else:
         source = JpegFolderSource(args.data_dir)
-        split = DataSplit(source=source,
-                          class_counts=np.bincount(source.labels, minlength=len(CLASS_NAMES)),
-                          class_names=CLASS_NAMES, split="train", labels=source.labels)
+        split = DataSplit(
+            source=source,
+            class_counts=np.bincount(source.labels, minlength=len(CLASS_NAMES)),
+            class_names=CLASS_NAMES,
+            split="train",
+            labels=source.labels,
+        )
         dataset = args.data_dir
-    settings = [(int(w), int(t)) for w in args.workers.split(",")
-                for t in args.read_threads.split(",")]
+    settings = [
+        (int(w), int(t)) for w in args.workers.split(",") for t in args.read_threads.split(",")
+    ]
     probe = split.source[0]["image"]
     if isinstance(probe, bytes):
         source_shape = list(Image.open(io.BytesIO(probe)).size[::-1])
@@ -193,13 +243,24 @@ def main() -> None:
         source_shape = list(np.shape(probe))
     result = {
         "benchmark": "input_pipeline",
-        "dataset": dataset, "examples": len(split.source), "source_image_hw": source_shape,
-        "image_size": args.image_size, "batch": args.batch, "machine": _machine(),
+        "dataset": dataset,
+        "examples": len(split.source),
+        "source_image_hw": source_shape,
+        "image_size": args.image_size,
+        "batch": args.batch,
+        "machine": _machine(),
         "parts": _time_parts(split, args.image_size, args.parts_pairs),
-        "throughput": [_throughput(split, workers=workers, read_threads=threads,
-                                   image_size=args.image_size, batch=args.batch,
-                                   batches=args.batches)
-                       for workers, threads in settings],
+        "throughput": [
+            _throughput(
+                split,
+                workers=workers,
+                read_threads=threads,
+                image_size=args.image_size,
+                batch=args.batch,
+                batches=args.batches,
+            )
+            for workers, threads in settings
+        ],
     }
     result["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result, indent=2))

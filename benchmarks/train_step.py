@@ -34,9 +34,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from spmix_jax import losses, saliency, sharding  # noqa: E402
 from spmix_jax import metrics as metrics_lib  # noqa: E402
-from spmix_jax import state as state_lib  # noqa: E402
+from spmix_jax import saliency, sharding  # noqa: E402
 from spmix_jax import step as step_lib  # noqa: E402
 from spmix_jax.config_checks import check_config  # noqa: E402
 
@@ -142,26 +141,12 @@ def benchmark_step(
 ) -> dict[str, Any]:
     """Compiles and times the train step for one config; returns a JSON-ready dict."""
     check_config(config)
-    mesh = sharding.make_mesh()
-    model = state_lib.make_model(config)
-    tx = state_lib.make_optimizer(config, num_train)
-    num_steps = state_lib.total_steps(config, num_train)
-    abstract = state_lib.abstract_train_state(config, model, tx, mesh)
-    shardings = jax.tree.map(lambda s: s.sharding, abstract)
-    state = state_lib.create_train_state(config, model, tx, mesh, jax.random.PRNGKey(config.seed))
-
     counts = synthetic_class_counts(
         config.data.num_classes, num_train, config.data.synthetic.imbalance
     )
-    log_prior = losses.class_log_prior(
-        counts, primary=config.mix.primary, balanced_q=config.input.balanced_q
-    )
-    lr_schedule = state_lib.learning_rate_schedule(config, num_train)
-    train_step = step_lib.jit_train_step(
-        step_lib.make_train_step(config, model, tx, log_prior, num_steps, lr_schedule),
-        shardings,
-        sharding.data_sharding(mesh),
-    )
+    setup = step_lib.build(config, counts, num_train)
+    mesh, train_step = setup.mesh, setup.train_step
+    state = setup.init_state(config)
 
     rows = config.input.batch_size // jax.process_count()
     rng = np.random.default_rng(config.seed + jax.process_index())

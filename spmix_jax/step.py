@@ -6,6 +6,7 @@ heads -> loss -> AdamW -> EMA key update -> enqueue. Randomness: fold_in(seed, s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -14,9 +15,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from spmix_jax import augment, ema, losses, metrics, mixing, saliency
+from spmix_jax import augment, ema, losses, metrics, mixing, saliency, sharding
 from spmix_jax import queue as queue_lib
+from spmix_jax import state as state_lib
 from spmix_jax.models import SPMixNet
 from spmix_jax.state import TrainState
 
@@ -266,4 +269,68 @@ def jit_train_step(step_fn, state_shardings, batch_sharding):
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
+    )
+
+
+@dataclasses.dataclass
+class TrainSetup:
+    """What the loop needs around the step, built one way for training, tests and benchmarks."""
+
+    mesh: Mesh
+    model: SPMixNet
+    tx: optax.GradientTransformation
+    num_steps: int
+    abstract_state: TrainState  # ShapeDtypeStructs carrying the target shardings
+    shardings: Any
+    log_prior: np.ndarray
+    lr_schedule: optax.Schedule
+    train_step: Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, Any]]
+    eval_step: Callable[[Any, dict[str, jax.Array]], jax.Array]
+
+    def init_state(self, config: ml_collections.ConfigDict) -> TrainState:
+        return state_lib.create_train_state(
+            config, self.model, self.tx, self.mesh, jax.random.PRNGKey(config.seed)
+        )
+
+
+def build(
+    config: ml_collections.ConfigDict,
+    class_counts: np.ndarray,
+    num_train: int,
+    *,
+    mesh: Mesh | None = None,
+    log_prior: np.ndarray | None = None,
+) -> TrainSetup:
+    """Model, optimizer, state layout and the jitted, donated train step and eval step.
+
+    The loss prior follows the labels the loss sees (SPEC 8) unless `log_prior` is given.
+    """
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    model = state_lib.make_model(config)
+    tx = state_lib.make_optimizer(config, num_train)
+    num_steps = state_lib.total_steps(config, num_train)
+    abstract = state_lib.abstract_train_state(config, model, tx, mesh)
+    shardings = jax.tree.map(lambda s: s.sharding, abstract)
+    if log_prior is None:
+        log_prior = losses.class_log_prior(
+            class_counts, primary=config.mix.primary, balanced_q=config.input.balanced_q
+        )
+    lr_schedule = state_lib.learning_rate_schedule(config, num_train)
+    train_step = jit_train_step(
+        make_train_step(config, model, tx, log_prior, num_steps, lr_schedule),
+        shardings,
+        sharding.data_sharding(mesh),
+    )
+    eval_step = jax.jit(make_eval_step(config, model))
+    return TrainSetup(
+        mesh,
+        model,
+        tx,
+        num_steps,
+        abstract,
+        shardings,
+        log_prior,
+        lr_schedule,
+        train_step,
+        eval_step,
     )

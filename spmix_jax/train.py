@@ -17,8 +17,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from input_pipeline import pipeline, sources
-from spmix_jax import checkpointing, evaluate, losses, metrics, sharding
-from spmix_jax import state as state_lib
+from spmix_jax import checkpointing, evaluate, metrics, sharding
 from spmix_jax import step as step_lib
 from spmix_jax.config_checks import check_config
 
@@ -75,36 +74,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
     )
     logging.info("Train: %d examples, class counts %s", num_train, train_split.class_counts)
 
-    # --- Model, optimizer, state (shape-first, born sharded) ----------------------------------
-    mesh = sharding.make_mesh()
-    model = state_lib.make_model(config)
-    tx = state_lib.make_optimizer(config, num_train)
-    num_steps = state_lib.total_steps(config, num_train)
-    abstract = state_lib.abstract_train_state(config, model, tx, mesh)
-    shardings = jax.tree.map(lambda s: s.sharding, abstract)
+    # --- Model, optimizer, state (shape-first, born sharded), jitted steps ----------------------
+    setup = step_lib.build(config, train_split.class_counts, num_train)
+    mesh, num_steps, train_step = setup.mesh, setup.num_steps, setup.train_step
     ckpt = checkpointing.latest_manager(workdir, config.train.keep_checkpoints)
     best_ckpt = checkpointing.best_manager(workdir)
     if ckpt.latest_step() is not None:
         start = int(ckpt.latest_step())
         logging.info("Resuming from step %d in %s", start, workdir)
-        state = checkpointing.restore(ckpt, start, abstract, train_iter)
+        state = checkpointing.restore(ckpt, start, setup.abstract_state, train_iter)
     else:
         start = 0
-        state = state_lib.create_train_state(
-            config, model, tx, mesh, jax.random.PRNGKey(config.seed)
-        )
-
-    # --- Steps --------------------------------------------------------------------------------
-    log_prior = losses.class_log_prior(
-        train_split.class_counts, primary=config.mix.primary, balanced_q=config.input.balanced_q
-    )
-    lr_schedule = state_lib.learning_rate_schedule(config, num_train)
-    train_step = step_lib.jit_train_step(
-        step_lib.make_train_step(config, model, tx, log_prior, num_steps, lr_schedule),
-        shardings,
-        sharding.data_sharding(mesh),
-    )
-    eval_fn = jax.jit(step_lib.make_eval_step(config, model))
+        state = setup.init_state(config)
 
     # --- Loop ---------------------------------------------------------------------------------
     # TensorBoard on the chief only; the console gets the progress lines printed below.
@@ -159,7 +140,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
                 flush=True,
             )
         if do_eval:
-            last_eval = evaluate.evaluate_split(config, state.params, eval_split, mesh, eval_fn)
+            last_eval = evaluate.evaluate_split(
+                config, state.params, eval_split, mesh, setup.eval_step
+            )
             scalars = {
                 f"val/{k}": last_eval[k]
                 for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro")

@@ -110,8 +110,11 @@ def folder_source(ham10000_dir, tmp_path_factory):
 def folder_built(folder_source, tmp_path_factory):
     out = tmp_path_factory.mktemp("folder_out")
     path = build.build_dataset(
-        "folder_csv", os.fspath(out), source=os.fspath(folder_source),
-        split_fractions="0.7,0.15,0.15", seed=3,
+        "folder_csv",
+        os.fspath(out),
+        source=os.fspath(folder_source),
+        split_fractions="0.7,0.15,0.15",
+        seed=3,
     )
     return path
 
@@ -179,10 +182,20 @@ def test_folder_csv_split_is_deterministic(folder_source, folder_built, tmp_path
         rows = list(csv.reader(f))
     with open(src / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows([rows[0], *reversed(rows[1:])])
-    same = build.build_dataset("folder_csv", os.fspath(tmp_path / "a"), source=os.fspath(src),
-                               split_fractions="0.7,0.15,0.15", seed=3)
-    other = build.build_dataset("folder_csv", os.fspath(tmp_path / "b"), source=os.fspath(src),
-                                split_fractions="0.7,0.15,0.15", seed=4)
+    same = build.build_dataset(
+        "folder_csv",
+        os.fspath(tmp_path / "a"),
+        source=os.fspath(src),
+        split_fractions="0.7,0.15,0.15",
+        seed=3,
+    )
+    other = build.build_dataset(
+        "folder_csv",
+        os.fspath(tmp_path / "b"),
+        source=os.fspath(src),
+        split_fractions="0.7,0.15,0.15",
+        seed=4,
+    )
     for split in ("train", "validation", "test"):
         assert read_split(same, split)[0] == read_split(folder_built, split)[0]
     assert read_split(other, "validation")[0] != read_split(folder_built, "validation")[0]
@@ -222,8 +235,13 @@ def test_folder_csv_short_side_and_label_layout(ham10000_dir, tmp_path):
             label = labels[image]
             writer.writerow([f"{image}.jpg", CLASSES[label].lower() if n % 2 else str(label)])
     path = build.build_dataset(
-        "folder_csv", os.fspath(tmp_path / "out"), source=os.fspath(src), config="small",
-        metadata="none", split_fractions="1", short_side=100,
+        "folder_csv",
+        os.fspath(tmp_path / "out"),
+        source=os.fspath(src),
+        config="small",
+        metadata="none",
+        split_fractions="1",
+        short_side=100,
     )
     ids, got, lesion_ids, raw = read_split(path, "train")
     assert ids == sorted(images) and got == [labels[i] for i in ids]
@@ -261,7 +279,10 @@ def test_csv_not_one_hot_and_bad_values():
     )
     assert [(r.image_id, r.label, r.line) for r in rows] == [("a", 0, 2), ("g", 6, 8)]
     assert [(p.kind, p.line) for p in problems] == [
-        ("not_one_hot", 3), ("not_one_hot", 4), ("not_one_hot", 5), ("not_one_hot", 6),
+        ("not_one_hot", 3),
+        ("not_one_hot", 4),
+        ("not_one_hot", 5),
+        ("not_one_hot", 6),
         ("malformed_row", 7),
     ]
     assert str(problems[0]).startswith("labels.csv, line 3: b: expected one-hot")
@@ -294,10 +315,13 @@ def test_csv_label_layout_and_duplicates():
         "ISIC_1,MEL,L9\n"
     )
     assert [(r.image_id, r.label, r.lesion_id) for r in rows] == [
-        ("ISIC_1", 1, "L1"), ("ISIC_2", 3, "L1")
+        ("ISIC_1", 1, "L1"),
+        ("ISIC_2", 3, "L1"),
     ]
     assert [(p.kind, p.line) for p in problems] == [
-        ("bad_label", 4), ("bad_label", 5), ("duplicate_id", 6)
+        ("bad_label", 4),
+        ("bad_label", 5),
+        ("duplicate_id", 6),
     ]
     assert "neither a class name" in problems[0].message
     assert "outside [0, 6]" in problems[1].message
@@ -334,16 +358,22 @@ def test_image_problems(ham10000_dir, tmp_path):
     assert index.duplicates == {"twice"}
     assert index.problems[0].kind == "duplicate_id" and "twice.png" in str(index.problems[0])
     rows, _ = parse(
-        HEADER + "".join(f"{n},1,0,0,0,0,0,0\n" for n in
-                         ("ok", "truncated", "garbage", "empty", "twice", "absent"))
+        HEADER
+        + "".join(
+            f"{n},1,0,0,0,0,0,0\n"
+            for n in ("ok", "truncated", "garbage", "empty", "twice", "absent")
+        )
     )
     items, problems = base.match_rows(rows, index)
     assert [(p.kind, p.line, p.image_id) for p in problems] == [("missing_image", 7, "absent")]
     assert "expected absent{.jpg" in problems[0].message and str(folder) in problems[0].message
     good_items, bad = base.check_images(items)
     assert [it.image_id for it in good_items] == ["ok"]
-    assert [(p.kind, p.line) for p in bad] == [("corrupt_image", 3), ("corrupt_image", 4),
-                                               ("corrupt_image", 5)]
+    assert [(p.kind, p.line) for p in bad] == [
+        ("corrupt_image", 3),
+        ("corrupt_image", 4),
+        ("corrupt_image", 5),
+    ]
     assert "truncated.jpg" in str(bad[0]) and "labels.csv, line 3" in str(bad[0])
     assert "truncated" in bad[0].message  # PIL's reason is kept
     with pytest.raises(ValueError, match="empty"):
@@ -397,12 +427,18 @@ def test_skip_bad_counts(ham10000_dir, tmp_path):
     src = make_bad_source(ham10000_dir, tmp_path / "src")
     labels, _, _ = read_ham(ham10000_dir)
     path = build.build_dataset(
-        "folder_csv", os.fspath(tmp_path / "out"), source=os.fspath(src), skip_bad=True,
+        "folder_csv",
+        os.fspath(tmp_path / "out"),
+        source=os.fspath(src),
+        skip_bad=True,
         split_fractions="1",
     )
     meta = build.load_build_metadata(path)
     assert meta["report"]["skipped_counts"] == {
-        "corrupt_image": 1, "missing_image": 1, "not_one_hot": 1, "duplicate_id": 1
+        "corrupt_image": 1,
+        "missing_image": 1,
+        "not_one_hot": 1,
+        "duplicate_id": 1,
     }
     assert meta["params"]["skip_bad"] is True
     with open(src / "labels.csv", newline="") as f:
@@ -446,30 +482,40 @@ def isic_manual(ham10000_dir, tmp_path_factory):
     labels, lesions, _ = read_ham(ham10000_dir)
     train = select_images(ham10000_dir, per_class=8)
     val = [i for i in select_images(ham10000_dir, per_class=2, offset=200) if i not in train]
-    test = [i for i in select_images(ham10000_dir, per_class=1, offset=300)
-            if i not in train and i not in val]
+    test = [
+        i
+        for i in select_images(ham10000_dir, per_class=1, offset=300)
+        if i not in train and i not in val
+    ]
     manual = tmp_path_factory.mktemp("isic_manual")
     with zipfile.ZipFile(manual / "ISIC2018_Task3_Training_Input.zip", "w") as zf:
         for image in train:
-            zf.write(ham10000_dir / "images" / f"{image}.jpg",
-                     f"ISIC2018_Task3_Training_Input/{image}.jpg")
+            zf.write(
+                ham10000_dir / "images" / f"{image}.jpg",
+                f"ISIC2018_Task3_Training_Input/{image}.jpg",
+            )
         zf.writestr("ISIC2018_Task3_Training_Input/ATTRIBUTION.txt", "attribution")
         zf.writestr(f"__MACOSX/ISIC2018_Task3_Training_Input/._{train[0]}.jpg", b"\0\5")
-    write_gt(manual / "ISIC2018_Task3_Training_GroundTruth"
-             / "ISIC2018_Task3_Training_GroundTruth.csv", train, labels)
+    write_gt(
+        manual / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_GroundTruth.csv",
+        train,
+        labels,
+    )
     with open(manual / "ISIC2018_Task3_Training_LesionGroupings.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "lesion_id", "diagnosis_confirm_type"])
         writer.writerows([i, lesions[i], "histopathology"] for i in train)
     (manual / "ISIC2018_Task3_Validation_Input").mkdir()
     for image in val:
-        shutil.copy(ham10000_dir / "images" / f"{image}.jpg",
-                    manual / "ISIC2018_Task3_Validation_Input")
+        shutil.copy(
+            ham10000_dir / "images" / f"{image}.jpg", manual / "ISIC2018_Task3_Validation_Input"
+        )
     gt = manual / "gt_tmp" / "ISIC2018_Task3_Validation_GroundTruth.csv"
     write_gt(gt, val, labels)
     with zipfile.ZipFile(manual / "ISIC2018_Task3_Validation_GroundTruth.zip", "w") as zf:
-        zf.write(gt, "ISIC2018_Task3_Validation_GroundTruth/"
-                     "ISIC2018_Task3_Validation_GroundTruth.csv")
+        zf.write(
+            gt, "ISIC2018_Task3_Validation_GroundTruth/ISIC2018_Task3_Validation_GroundTruth.csv"
+        )
     shutil.rmtree(manual / "gt_tmp")
     (manual / "ISIC2018_Task3_Test_Input").mkdir()
     for image in test:
@@ -512,8 +558,12 @@ def test_isic2018_released_split(isic_manual, ham10000_dir, tmp_path):
     config = isic2018.isic2018_config("released_original", holdout_per_class=2, seed=1)
     assert config.name == "released_original_holdout2_seed1"
     path = build.build_dataset(
-        "isic2018", os.fspath(tmp_path), manual_dir=os.fspath(manual),
-        config="released_original", holdout_per_class=2, seed=1,
+        "isic2018",
+        os.fspath(tmp_path),
+        manual_dir=os.fspath(manual),
+        config="released_original",
+        holdout_per_class=2,
+        seed=1,
     )
     train_ids, train_labels, _, raw = read_split(path, "train")
     val_ids, val_labels, _, _ = read_split(path, "validation")
@@ -555,8 +605,9 @@ def test_isic2018_bad_layout(isic_manual, tmp_path):
     shutil.copytree(manual, broken)
     os.remove(broken / "ISIC2018_Task3_Training_Input.zip")
     with pytest.raises(DataError, match="needs --manual_dir"):
-        build.build_dataset("isic2018", os.fspath(tmp_path / "o0"),
-                            manual_dir=os.fspath(tmp_path / "absent"))
+        build.build_dataset(
+            "isic2018", os.fspath(tmp_path / "o0"), manual_dir=os.fspath(tmp_path / "absent")
+        )
     with pytest.raises(DataError, match="ISIC2018_Task3_Training_Input .folder or .zip. not found"):
         build.build_dataset("isic2018", os.fspath(tmp_path / "o1"), manual_dir=os.fspath(broken))
     # a validation image without a ground-truth row
@@ -566,20 +617,28 @@ def test_isic2018_bad_layout(isic_manual, tmp_path):
         data = zf.read(f"ISIC2018_Task3_Training_Input/{first}.jpg")
     (tmp_path / "m2" / "ISIC2018_Task3_Validation_Input" / f"{first}.jpg").write_bytes(data)
     with pytest.raises(DataError) as err:
-        build.build_dataset("isic2018", os.fspath(tmp_path / "o2"),
-                            manual_dir=os.fspath(tmp_path / "m2"))
+        build.build_dataset(
+            "isic2018", os.fspath(tmp_path / "o2"), manual_dir=os.fspath(tmp_path / "m2")
+        )
     assert f"image {first} has no row in" in str(err.value)
     # ... and with a row: the same id in two splits
     labels = {first: 0, **{i: 1 for i in expected["validation"]}}
     os.remove(tmp_path / "m2" / "ISIC2018_Task3_Validation_GroundTruth.zip")
-    gt = (tmp_path / "m2" / "ISIC2018_Task3_Validation_GroundTruth"
-          / "ISIC2018_Task3_Validation_GroundTruth.csv")
+    gt = (
+        tmp_path
+        / "m2"
+        / "ISIC2018_Task3_Validation_GroundTruth"
+        / "ISIC2018_Task3_Validation_GroundTruth.csv"
+    )
     write_gt(gt, [*expected["validation"], first], labels)
     with pytest.raises(DataError) as err:
-        build.build_dataset("isic2018", os.fspath(tmp_path / "o3"),
-                            manual_dir=os.fspath(tmp_path / "m2"))
-    assert f"{gt}, line {len(expected['validation']) + 2}: image id {first} is in split " \
+        build.build_dataset(
+            "isic2018", os.fspath(tmp_path / "o3"), manual_dir=os.fspath(tmp_path / "m2")
+        )
+    assert (
+        f"{gt}, line {len(expected['validation']) + 2}: image id {first} is in split "
         "train and in split validation" in str(err.value)
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -590,28 +649,59 @@ def test_cli_builds_and_prints_table(ham10000_dir, tmp_path):
     src = write_source(ham10000_dir, tmp_path / "src", images)
     env = {**os.environ, "PYTHONPATH": os.fspath(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
-        [sys.executable, "-m", "input_pipeline.build", "--builder=folder_csv",
-         f"--source={src}", f"--data_dir={tmp_path / 'out'}", "--split_fractions=1",
-         "--config=cli"],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "input_pipeline.build",
+            "--builder=folder_csv",
+            f"--source={src}",
+            f"--data_dir={tmp_path / 'out'}",
+            "--split_fractions=1",
+            "--config=cli",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     counts = np.bincount([read_ham(ham10000_dir)[0][i] for i in images], minlength=7)
-    lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()
-             if line.split() and line.split()[0] in (*CLASSES, "total")}
+    lines = {
+        line.split()[0]: line.split()[1:]
+        for line in result.stdout.splitlines()
+        if line.split() and line.split()[0] in (*CLASSES, "total")
+    }
     assert [int(lines[c][0]) for c in CLASSES] == counts.tolist()
     assert int(lines["total"][0]) == len(images)
     assert "--config.data.builder_config=cli" in result.stdout
-    info = json.loads((tmp_path / "out" / "folder_csv" / "cli" / "1.0.0" / "metadata.json")
-                      .read_text())
+    info = json.loads(
+        (tmp_path / "out" / "folder_csv" / "cli" / "1.0.0" / "metadata.json").read_text()
+    )
     assert info["spmix"]["splits"]["train"]["num_examples"] == len(images)
     # --help documents every flag; a flag of the other builder is refused
     help_text = subprocess.run(
         [sys.executable, "-m", "input_pipeline.build", "--help"],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
     ).stdout
-    for flag in ("builder", "data_dir", "config", "source", "csv", "metadata", "split_fractions",
-                 "seed", "short_side", "skip_bad", "manual_dir", "holdout_per_class"):
+    for flag in (
+        "builder",
+        "data_dir",
+        "config",
+        "source",
+        "csv",
+        "metadata",
+        "split_fractions",
+        "seed",
+        "short_side",
+        "skip_bad",
+        "manual_dir",
+        "holdout_per_class",
+    ):
         assert f"--{flag}" in help_text or f"--[no]{flag}" in help_text
 
 
@@ -623,8 +713,9 @@ def test_order_kept_when_tfds_spills_to_disk(ham10000_dir, tmp_path, monkeypatch
     monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 20_000)
     images = select_images(ham10000_dir, per_class=5, offset=30)
     src = write_source(ham10000_dir, tmp_path / "src", images)
-    path = build.build_dataset("folder_csv", os.fspath(tmp_path / "out"), source=os.fspath(src),
-                               split_fractions="1")
+    path = build.build_dataset(
+        "folder_csv", os.fspath(tmp_path / "out"), source=os.fspath(src), split_fractions="1"
+    )
     ids, got, _, _ = read_split(path, "train")
     assert ids == sorted(images)
     assert got == build.load_build_metadata(path)["splits"]["train"]["labels"]

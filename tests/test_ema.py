@@ -12,20 +12,27 @@ from spmix_jax import ema
 
 def test_ema_update_matches_numpy_on_a_tree():
     rng = np.random.default_rng(0)
-    key_params = {"dense": {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=4)},
-                  "scale": rng.normal(size=())}
+    key_params = {
+        "dense": {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=4)},
+        "scale": rng.normal(size=()),
+    }
     params = jax.tree.map(lambda x: x + rng.normal(size=np.shape(x)), key_params)
     key_params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), key_params)
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     for m in (0.0, 0.9, 0.999, 1.0):
         got = ema.ema_update(key_params, params, m)
-        want = jax.tree.map(lambda k, p, m=m: m * np.asarray(k, np.float64)
-                            + (1 - m) * np.asarray(p, np.float64), key_params, params)
-        jax.tree.map(lambda g, w: np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5,
-                                                             atol=1e-6), got, want)
+        want = jax.tree.map(
+            lambda k, p, m=m: m * np.asarray(k, np.float64) + (1 - m) * np.asarray(p, np.float64),
+            key_params,
+            params,
+        )
+        jax.tree.map(
+            lambda g, w: np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5, atol=1e-6),
+            got,
+            want,
+        )
     # momentum 1 keeps the key encoder, 0 copies the query encoder.
-    jax.tree.map(np.testing.assert_array_equal, ema.ema_update(key_params, params, 1.0),
-                 key_params)
+    jax.tree.map(np.testing.assert_array_equal, ema.ema_update(key_params, params, 1.0), key_params)
     jax.tree.map(np.testing.assert_array_equal, ema.ema_update(key_params, params, 0.0), params)
 
 
@@ -55,8 +62,9 @@ def test_momentum_schedules():
     np.testing.assert_allclose(float(cos(0)), 0.99, rtol=1e-7)
     np.testing.assert_allclose(float(cos(100)), 1.0, rtol=1e-7)
     np.testing.assert_allclose(float(cos(50)), 0.995, rtol=1e-6)
-    np.testing.assert_allclose(float(cos(25)), 1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        float(cos(25)), 1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2, rtol=1e-6
+    )
     np.testing.assert_allclose(float(cos(250)), 1.0, rtol=1e-7)  # clipped past the end
     values = np.asarray(jax.vmap(cos)(jnp.arange(101)))
     assert np.all(np.diff(values) >= 0)

@@ -20,8 +20,20 @@ supcon = jax.jit(losses.supcon_loss, static_argnames=("temperature",))
 # --------------------------------------------------------------------------------------------
 # Independent references (explicit loops over anchors and slots, float64).
 # --------------------------------------------------------------------------------------------
-def ref_gpaco(anchors, labels, logits, queue, queue_labels, log_prior, *, alpha, beta, gamma,
-              temperature, queue_mask=None):
+def ref_gpaco(
+    anchors,
+    labels,
+    logits,
+    queue,
+    queue_labels,
+    log_prior,
+    *,
+    alpha,
+    beta,
+    gamma,
+    temperature,
+    queue_mask=None,
+):
     anchors = np.asarray(anchors, np.float64)
     logits = np.asarray(logits, np.float64)
     queue = np.asarray(queue, np.float64).reshape(-1, anchors.shape[1])
@@ -100,8 +112,14 @@ def random_case(seed, b=4, num_classes=5, k=12, d=8, masked=False):
 
 def call_ref(case, **hp):
     return ref_gpaco(
-        case["anchor_features"], case["anchor_labels"], case["logits"], case["queue_features"],
-        case["queue_labels"], case["log_prior"], queue_mask=case["queue_mask"], **hp
+        case["anchor_features"],
+        case["anchor_labels"],
+        case["logits"],
+        case["queue_features"],
+        case["queue_labels"],
+        case["log_prior"],
+        queue_mask=case["queue_mask"],
+        **hp,
     )
 
 
@@ -120,8 +138,9 @@ def call_ref(case, **hp):
         (6, 7, 16, True, 0.05, 1.0, 0.0, 1.0),
     ],
 )
-def test_gpaco_matches_numpy_reference(seed, num_classes, k, masked, alpha, beta, gamma,
-                                       temperature):
+def test_gpaco_matches_numpy_reference(
+    seed, num_classes, k, masked, alpha, beta, gamma, temperature
+):
     case = random_case(seed, num_classes=num_classes, k=k, masked=masked)
     hp = dict(alpha=alpha, beta=beta, gamma=gamma, temperature=temperature)
     got = gpaco(**case, **hp)
@@ -147,8 +166,14 @@ def test_gpaco_single_anchor_class_slot_only_hand_worked():
     e1 = np.array([[1.0, 0.0]], np.float32)
     for gamma, tau in [(1.0, 0.2), (0.5, 0.5)]:
         got = gpaco(
-            e1, np.array([0]), np.zeros((1, 2), np.float32), e1, np.array([1]),
-            np.log([0.5, 0.5]).astype(np.float32), gamma=gamma, temperature=tau,
+            e1,
+            np.array([0]),
+            np.zeros((1, 2), np.float32),
+            e1,
+            np.array([1]),
+            np.log([0.5, 0.5]).astype(np.float32),
+            gamma=gamma,
+            temperature=tau,
         )
         want = -math.log(0.5 / (1.0 + gamma * math.exp(1.0 / tau)))
         np.testing.assert_allclose(float(got), want, rtol=1e-6)
@@ -162,8 +187,16 @@ def test_gpaco_gamma_zero_hand_worked():
     anchors = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
     alpha, beta, tau = 0.3, 1.0, 0.2
     got = gpaco(
-        anchors, np.array([2, 2]), z, np.zeros((0, 2), np.float32), np.zeros((0,), np.int32),
-        log_prior, alpha=alpha, beta=beta, gamma=0.0, temperature=tau,
+        anchors,
+        np.array([2, 2]),
+        z,
+        np.zeros((0, 2), np.float32),
+        np.zeros((0,), np.int32),
+        log_prior,
+        alpha=alpha,
+        beta=beta,
+        gamma=0.0,
+        temperature=tau,
     )
     want = 0.0
     for i in range(2):
@@ -179,15 +212,14 @@ def test_gpaco_fully_masked_queue_equals_no_queue():
     no_queue = dict(
         case, queue_features=np.zeros((0, 8), np.float32), queue_labels=np.zeros(0, np.int32)
     )
-    np.testing.assert_allclose(
-        float(gpaco(**masked)), float(gpaco(**no_queue)), rtol=1e-6
-    )
+    np.testing.assert_allclose(float(gpaco(**masked)), float(gpaco(**no_queue)), rtol=1e-6)
     # Masked entries count for nothing, whatever their features and labels.
-    scrambled = dict(masked, queue_features=np.full((8, 8), 3.0, np.float32),
-                     queue_labels=np.asarray(case["anchor_labels"][:8]))
-    np.testing.assert_allclose(
-        float(gpaco(**scrambled)), float(gpaco(**masked)), rtol=1e-6
+    scrambled = dict(
+        masked,
+        queue_features=np.full((8, 8), 3.0, np.float32),
+        queue_labels=np.asarray(case["anchor_labels"][:8]),
     )
+    np.testing.assert_allclose(float(gpaco(**scrambled)), float(gpaco(**masked)), rtol=1e-6)
 
 
 def _all_finite(tree):
@@ -200,9 +232,15 @@ def test_gpaco_stable_for_huge_logits():
     case["logits"] = (rng.choice([-1.0, 1.0], size=case["logits"].shape) * 1e4).astype(np.float32)
 
     def loss_fn(feats, logits):
-        return gpaco(feats, case["anchor_labels"], logits, case["queue_features"],
-                                 case["queue_labels"], case["log_prior"],
-                                 queue_mask=case["queue_mask"])
+        return gpaco(
+            feats,
+            case["anchor_labels"],
+            logits,
+            case["queue_features"],
+            case["queue_labels"],
+            case["log_prior"],
+            queue_mask=case["queue_mask"],
+        )
 
     value, grads = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))(
         case["anchor_features"], case["logits"]
@@ -230,8 +268,7 @@ def test_gpaco_gradients_finite(variant):
         hp.update(gamma=0.0, temperature=1e-3)
     if variant == "absent_class":
         # A class with no training example: prior 0, log-prior -inf.
-        case["log_prior"] = losses.class_log_prior([5, 0, 3, 2], primary="instance",
-                                                   balanced_q=1.0)
+        case["log_prior"] = losses.class_log_prior([5, 0, 3, 2], primary="instance", balanced_q=1.0)
         case["anchor_labels"] = np.where(case["anchor_labels"] == 1, 0, case["anchor_labels"])
         case["queue_labels"] = np.where(case["queue_labels"] == 1, 2, case["queue_labels"])
     feats, logits = case["anchor_features"], case["logits"]
@@ -239,15 +276,25 @@ def test_gpaco_gradients_finite(variant):
         feats, logits = jnp.asarray(feats, jnp.bfloat16), jnp.asarray(logits, jnp.bfloat16)
 
     def loss_fn(f, z):
-        return gpaco(f, case["anchor_labels"], z, case["queue_features"],
-                                 case["queue_labels"], case["log_prior"],
-                                 queue_mask=case["queue_mask"], **hp)
+        return gpaco(
+            f,
+            case["anchor_labels"],
+            z,
+            case["queue_features"],
+            case["queue_labels"],
+            case["log_prior"],
+            queue_mask=case["queue_mask"],
+            **hp,
+        )
 
     value, grads = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))(feats, logits)
     assert value.dtype == jnp.float32
     assert np.isfinite(float(value)) and _all_finite(grads)
-    ref_case = dict(case, anchor_features=np.asarray(jnp.asarray(feats, jnp.float32)),
-                    logits=np.asarray(jnp.asarray(logits, jnp.float32)))
+    ref_case = dict(
+        case,
+        anchor_features=np.asarray(jnp.asarray(feats, jnp.float32)),
+        logits=np.asarray(jnp.asarray(logits, jnp.float32)),
+    )
     full_hp = dict(alpha=0.05, beta=1.0, gamma=1.0, temperature=0.2) | hp
     np.testing.assert_allclose(float(value), call_ref(ref_case, **full_hp), rtol=2e-5)
 
@@ -265,9 +312,10 @@ def test_gpaco_gradient_matches_finite_differences():
         zp, zm = case["logits"].copy(), case["logits"].copy()
         zp[idx] += eps
         zm[idx] -= eps
-        fd = (call_ref(dict(case, logits=zp), alpha=0.05, beta=1.0, gamma=1.0, temperature=0.2)
-              - call_ref(dict(case, logits=zm), alpha=0.05, beta=1.0, gamma=1.0,
-                         temperature=0.2)) / (2 * eps)
+        fd = (
+            call_ref(dict(case, logits=zp), alpha=0.05, beta=1.0, gamma=1.0, temperature=0.2)
+            - call_ref(dict(case, logits=zm), alpha=0.05, beta=1.0, gamma=1.0, temperature=0.2)
+        ) / (2 * eps)
         np.testing.assert_allclose(grad[idx], fd, rtol=1e-3, atol=1e-6)
 
 
@@ -334,8 +382,9 @@ def _class_bias_gradient(log_prior):
 
     def loss(bias):
         logits = jnp.broadcast_to(bias, (2 * num_classes, num_classes))
-        return gpaco(feats, labels, logits, np.zeros((0, 8), np.float32),
-                                 np.zeros(0, np.int32), log_prior)
+        return gpaco(
+            feats, labels, logits, np.zeros((0, 8), np.float32), np.zeros(0, np.int32), log_prior
+        )
 
     return np.asarray(jax.jit(jax.grad(loss))(jnp.zeros(num_classes, jnp.float32)))
 
@@ -380,13 +429,15 @@ def test_cross_entropy_and_soft_cross_entropy():
     np.testing.assert_allclose(
         float(losses.cross_entropy(jnp.asarray(logits, jnp.bfloat16), labels)),
         -ref_log_softmax(np.asarray(jnp.asarray(logits, jnp.bfloat16), np.float64))[
-            np.arange(6), labels].mean(),
+            np.arange(6), labels
+        ].mean(),
         rtol=1e-5,
     )
     targets = rng.dirichlet(np.ones(5), size=6)
     ref_soft = -(targets * ref_log_softmax(logits)).sum(axis=1).mean()
-    np.testing.assert_allclose(float(losses.soft_cross_entropy(logits, targets)), ref_soft,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        float(losses.soft_cross_entropy(logits, targets)), ref_soft, rtol=1e-6
+    )
     one_hot = np.eye(5)[labels]
     np.testing.assert_allclose(float(losses.soft_cross_entropy(logits, one_hot)), ref, rtol=1e-6)
     huge = np.array([[1e4, -1e4, 0.0]], np.float32)
@@ -412,7 +463,8 @@ def test_logit_adjusted_cross_entropy(tau):
     uniform = losses.class_log_prior(HAM_COUNTS, primary="balanced", balanced_q=1.0)
     np.testing.assert_allclose(
         float(losses.logit_adjusted_cross_entropy(logits, labels, uniform, tau=tau)),
-        float(losses.cross_entropy(logits, labels)), rtol=1e-6,
+        float(losses.cross_entropy(logits, labels)),
+        rtol=1e-6,
     )
 
 
@@ -420,8 +472,7 @@ def test_logit_adjusted_cross_entropy_absent_class_is_finite():
     log_prior = losses.class_log_prior([3, 0, 5], primary="instance", balanced_q=1.0)
     logits = np.array([[0.3, 1.0, -0.2], [2.0, 0.0, 1.0]], np.float32)
     labels = np.array([0, 2])
-    value, grad = jax.value_and_grad(losses.logit_adjusted_cross_entropy)(logits, labels,
-                                                                          log_prior)
+    value, grad = jax.value_and_grad(losses.logit_adjusted_cross_entropy)(logits, labels, log_prior)
     ref = -ref_log_softmax(logits[:, [0, 2]] + np.log([3 / 8, 5 / 8]))[[0, 1], [0, 1]].mean()
     np.testing.assert_allclose(float(value), ref, rtol=1e-6)
     assert _all_finite(grad)
@@ -440,16 +491,16 @@ def test_supcon_matches_numpy(with_queue, masked):
         ref_kw = dict(queue=queue, queue_labels=queue_labels, queue_mask=mask)
     for tau in (0.2, 0.07):
         got = supcon(feats, labels, temperature=tau, **kw)
-        np.testing.assert_allclose(float(got), ref_supcon(feats, labels, tau, **ref_kw),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(float(got), ref_supcon(feats, labels, tau, **ref_kw), rtol=1e-5)
 
 
 def test_supcon_hand_worked_and_no_positive_anchors():
     # Two same-label anchors and one queue entry of another label.
     a = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
     qf = np.array([[0.0, 1.0]], np.float32)
-    got = supcon(a, np.array([0, 0]), temperature=0.5, queue_features=qf,
-                             queue_labels=np.array([1]))
+    got = supcon(
+        a, np.array([0, 0]), temperature=0.5, queue_features=qf, queue_labels=np.array([1])
+    )
     s01 = 0.6 / 0.5
     l0 = -math.log(math.exp(s01) / (math.exp(s01) + math.exp(0.0)))
     l1 = -math.log(math.exp(s01) / (math.exp(s01) + math.exp(0.8 / 0.5)))

@@ -16,13 +16,25 @@ SIZE = 16
 
 def _split(num: int = 96, imbalance: float = 10.0, split: str = "train") -> DataSplit:
     source = synthetic.SyntheticSource(num, SIZE, imbalance, 0, split)
-    return DataSplit(source=source, class_counts=source.class_counts,
-                     class_names=synthetic.CLASS_NAMES, split=split, labels=source.labels)
+    return DataSplit(
+        source=source,
+        class_counts=source.class_counts,
+        class_names=synthetic.CLASS_NAMES,
+        split=split,
+        labels=source.labels,
+    )
 
 
 def _train(split: DataSplit, **kw) -> pipeline.PairBatchIterator:
-    args = dict(global_batch_size=8, image_size=SIZE, seed=5, balanced_q=1.0, primary="balanced",
-                process_index=0, process_count=1)
+    args = dict(
+        global_batch_size=8,
+        image_size=SIZE,
+        seed=5,
+        balanced_q=1.0,
+        primary="balanced",
+        process_index=0,
+        process_count=1,
+    )
     args.update(kw)
     return pipeline.make_train_iterator(split, **args)
 
@@ -41,8 +53,14 @@ def _assert_same(xs, ys):
 
 def _smooth_image(height: int, width: int) -> np.ndarray:
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    img = np.stack([128 + 100 * np.sin(xx / 9.0), 128 + 100 * np.cos(yy / 7.0),
-                    (xx + yy) / (height + width) * 255], -1)
+    img = np.stack(
+        [
+            128 + 100 * np.sin(xx / 9.0),
+            128 + 100 * np.cos(yy / 7.0),
+            (xx + yy) / (height + width) * 255,
+        ],
+        -1,
+    )
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -51,7 +69,7 @@ def _centre_square_reference(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape[:2]
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
-    crop = img[top:top + s, left:left + s]
+    crop = img[top : top + s, left : left + s]
     interp = cv2.INTER_AREA if s > size else cv2.INTER_LINEAR
     return cv2.resize(crop, (size, size), interpolation=interp)
 
@@ -72,8 +90,9 @@ def test_prepare_image_resizes_short_side_and_crops_centre():
     square = _smooth_image(32, 32)
     np.testing.assert_array_equal(pipeline.prepare_image(square, 32), square)
     gray = square[..., 0]
-    np.testing.assert_array_equal(pipeline.prepare_image(gray, 32), np.repeat(gray[..., None], 3,
-                                                                             -1))
+    np.testing.assert_array_equal(
+        pipeline.prepare_image(gray, 32), np.repeat(gray[..., None], 3, -1)
+    )
     rgba = np.concatenate([square, np.full((32, 32, 1), 7, np.uint8)], -1)
     np.testing.assert_array_equal(pipeline.prepare_image(rgba, 32), square)
 
@@ -83,12 +102,14 @@ def test_prepare_image_decodes_png_and_jpeg_bytes():
     png = io.BytesIO()
     Image.fromarray(img).save(png, format="PNG")
     # PNG is lossless: decoding the bytes gives exactly what the array gives.
-    np.testing.assert_array_equal(pipeline.prepare_image(png.getvalue(), 40, "p"),
-                                  pipeline.prepare_image(img, 40, "p"))
+    np.testing.assert_array_equal(
+        pipeline.prepare_image(png.getvalue(), 40, "p"), pipeline.prepare_image(img, 40, "p")
+    )
     jpg = io.BytesIO()
     Image.fromarray(img).save(jpg, format="JPEG", quality=95)
-    decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpg.getvalue(), np.uint8),
-                                        cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    decoded = cv2.cvtColor(
+        cv2.imdecode(np.frombuffer(jpg.getvalue(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+    )
     out = pipeline.prepare_image(np.bytes_(jpg.getvalue()), 40, "j")
     assert np.abs(out.astype(np.float32) - _centre_square_reference(decoded, 40)).mean() < 2.0
 
@@ -131,10 +152,12 @@ def test_train_batches_hold_the_sampled_pairs():
             assert batch["secondary_index"][slot] == instance
             assert batch["primary_label"][slot] == split.labels[balanced]
             assert batch["secondary_label"][slot] == split.labels[instance]
-            np.testing.assert_array_equal(batch["primary_image"][slot],
-                                          split.source[balanced]["image"])
-            np.testing.assert_array_equal(batch["secondary_image"][slot],
-                                          split.source[instance]["image"])
+            np.testing.assert_array_equal(
+                batch["primary_image"][slot], split.source[balanced]["image"]
+            )
+            np.testing.assert_array_equal(
+                batch["secondary_image"][slot], split.source[instance]["image"]
+            )
 
 
 def test_primary_instance_swaps_the_pair():
@@ -220,7 +243,9 @@ def test_hosts_share_each_epoch_disjointly_and_rebuild_the_global_batch():
         for key in global_batches[step]:
             np.testing.assert_array_equal(
                 np.concatenate([per_host[0][step][key], per_host[1][step][key]]),
-                global_batches[step][key], err_msg=key)
+                global_batches[step][key],
+                err_msg=key,
+            )
 
 
 def test_host_batch_size():
@@ -249,8 +274,11 @@ def test_record_label_must_match_split_labels():
 
 def test_eval_covers_each_example_once_with_padding():
     split = _split(num=37, imbalance=1.0, split="validation")
-    batches = list(pipeline.make_eval_iterator(split, global_batch_size=8, image_size=SIZE,
-                                               process_index=0, process_count=1))
+    batches = list(
+        pipeline.make_eval_iterator(
+            split, global_batch_size=8, image_size=SIZE, process_index=0, process_count=1
+        )
+    )
     assert len(batches) == pipeline.num_eval_batches(37, 8) == 5
     mask = np.concatenate([b["mask"] for b in batches])
     index = np.concatenate([b["index"] for b in batches])
@@ -270,9 +298,14 @@ def test_eval_covers_each_example_once_with_padding():
 
 def test_eval_hosts_have_equal_batch_counts_and_disjoint_shards():
     split = _split(num=37, imbalance=1.0, split="validation")
-    hosts = [list(pipeline.make_eval_iterator(split, global_batch_size=8, image_size=SIZE,
-                                              process_index=h, process_count=2))
-             for h in range(2)]
+    hosts = [
+        list(
+            pipeline.make_eval_iterator(
+                split, global_batch_size=8, image_size=SIZE, process_index=h, process_count=2
+            )
+        )
+        for h in range(2)
+    ]
     assert len(hosts[0]) == len(hosts[1]) == 5
     shards = [np.concatenate([b["index"][b["mask"]] for b in batches]) for batches in hosts]
     assert not set(shards[0]) & set(shards[1])
@@ -293,8 +326,11 @@ def test_unlabelled_split_evaluates_but_does_not_train():
     unlabelled = dataclasses.replace(split, source=Unlabelled(), labels=np.full(10, -1))
     with pytest.raises(ValueError, match="without ground truth"):
         _train(unlabelled)
-    batches = list(pipeline.make_eval_iterator(unlabelled, global_batch_size=4, image_size=SIZE,
-                                               process_index=0, process_count=1))
+    batches = list(
+        pipeline.make_eval_iterator(
+            unlabelled, global_batch_size=4, image_size=SIZE, process_index=0, process_count=1
+        )
+    )
     labels = np.concatenate([b["label"] for b in batches])
     mask = np.concatenate([b["mask"] for b in batches])
     assert mask.sum() == 10 and np.all(labels[mask] == -1)

@@ -21,9 +21,11 @@ def deque_reference(initial_rows, batches):
 
 def oldest_first(queue):
     ptr = int(queue.ptr)
-    return (np.roll(np.asarray(queue.features), -ptr, axis=0),
-            np.roll(np.asarray(queue.labels), -ptr, axis=0),
-            np.roll(np.asarray(queue.valid), -ptr, axis=0))
+    return (
+        np.roll(np.asarray(queue.features), -ptr, axis=0),
+        np.roll(np.asarray(queue.labels), -ptr, axis=0),
+        np.roll(np.asarray(queue.valid), -ptr, axis=0),
+    )
 
 
 def test_init_random_and_empty():

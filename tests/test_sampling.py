@@ -22,15 +22,19 @@ def _draw(sampler: sampling.PairSampler, num: int) -> tuple[np.ndarray, np.ndarr
 
 def test_weights_and_class_distribution_match_formula():
     counts = np.array([100, 25, 4, 0])
-    np.testing.assert_allclose(sampling.class_sampling_weights(counts, 1.0),
-                               [1 / 100, 1 / 25, 1 / 4, 0])
+    np.testing.assert_allclose(
+        sampling.class_sampling_weights(counts, 1.0), [1 / 100, 1 / 25, 1 / 4, 0]
+    )
     np.testing.assert_allclose(sampling.class_sampling_weights(counts, 0.5), [0.1, 0.2, 0.5, 0])
-    np.testing.assert_allclose(sampling.balanced_class_distribution(counts, 1.0),
-                               [1 / 3, 1 / 3, 1 / 3, 0])
-    np.testing.assert_allclose(sampling.balanced_class_distribution(counts, 0.5),
-                               np.array([10, 5, 2, 0]) / 17)
-    np.testing.assert_allclose(sampling.balanced_class_distribution(counts, 0.0),
-                               counts / counts.sum())
+    np.testing.assert_allclose(
+        sampling.balanced_class_distribution(counts, 1.0), [1 / 3, 1 / 3, 1 / 3, 0]
+    )
+    np.testing.assert_allclose(
+        sampling.balanced_class_distribution(counts, 0.5), np.array([10, 5, 2, 0]) / 17
+    )
+    np.testing.assert_allclose(
+        sampling.balanced_class_distribution(counts, 0.0), counts / counts.sum()
+    )
     with pytest.raises(ValueError, match="q"):
         sampling.class_sampling_weights(counts, -1.0)
     with pytest.raises(ValueError, match="without examples"):
@@ -50,10 +54,12 @@ def test_balanced_side_follows_n_pow_one_minus_q(q):
         np.testing.assert_allclose(freq, 1 / 7, atol=0.03)
     # Instance side follows the data: exact over whole epochs (14 * 1400 = 19600).
     epochs = 19_600 // labels.size
-    np.testing.assert_array_equal(np.bincount(labels[instance[:19_600]], minlength=7),
-                                  epochs * COUNTS)
-    np.testing.assert_allclose(np.bincount(labels[instance], minlength=7) / instance.size,
-                               COUNTS / COUNTS.sum(), atol=0.01)
+    np.testing.assert_array_equal(
+        np.bincount(labels[instance[:19_600]], minlength=7), epochs * COUNTS
+    )
+    np.testing.assert_allclose(
+        np.bincount(labels[instance], minlength=7) / instance.size, COUNTS / COUNTS.sum(), atol=0.01
+    )
 
 
 def test_balanced_draw_is_uniform_within_a_class():
@@ -89,7 +95,8 @@ def test_pairs_are_a_pure_function_of_seed_and_position():
     assert [c.pair(g) for g in positions] != forward
     # Balanced partners of consecutive epochs differ at the same position.
     assert [a.balanced_index(g) for g in range(50)] != [
-        a.balanced_index(g + labels.size) for g in range(50)]
+        a.balanced_index(g + labels.size) for g in range(50)
+    ]
 
 
 def test_primary_choice_and_bad_input():

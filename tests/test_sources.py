@@ -52,7 +52,10 @@ def built(ham10000_dir, tmp_path_factory):
     labels = make_source(ham10000_dir, src)
     out = tmp_path_factory.mktemp("out")
     path = build.build_dataset(
-        "folder_csv", os.fspath(out), source=os.fspath(src), split_fractions="0.6,0.2,0.2",
+        "folder_csv",
+        os.fspath(out),
+        source=os.fspath(src),
+        split_fractions="0.6,0.2,0.2",
         seed=0,
     )
     return src, out, path, labels
@@ -132,8 +135,7 @@ def test_tfds_dataset_without_metadata(built, tmp_path, no_image_decoding):
 
 def test_builds_missing_dataset_from_source_dir(built, tmp_path):
     src, _, _, labels = built
-    cfg = data_cfg(data_dir=os.fspath(tmp_path), source_dir=os.fspath(src),
-                   builder_config="auto")
+    cfg = data_cfg(data_dir=os.fspath(tmp_path), source_dir=os.fspath(src), builder_config="auto")
     split = sources.get_split(cfg, "train")
     assert (tmp_path / "folder_csv" / "auto" / "1.0.0" / "dataset_info.json").exists()
     assert split.class_counts.sum() == len(split.labels) and set(split.labels) == set(range(7))
@@ -156,8 +158,9 @@ def test_missing_dataset_and_unknown_split(built, tmp_path):
     with pytest.raises(ValueError, match="unknown config.data.name"):
         sources.get_split(data_cfg(name="imagenet", data_dir=os.fspath(out)), "train")
     with pytest.raises(ValueError, match="num_classes=3"):
-        sources.get_split(data_cfg(data_dir=os.fspath(out), num_classes=3,
-                                   class_names=("A", "B", "C")), "train")
+        sources.get_split(
+            data_cfg(data_dir=os.fspath(out), num_classes=3, class_names=("A", "B", "C")), "train"
+        )
 
 
 def test_synthetic_is_delegated(monkeypatch):

@@ -62,20 +62,12 @@ class Harness:
 
 def build(config: ml_collections.ConfigDict) -> Harness:
     """Model, optimizer, shardings and jitted step, wired exactly as `train.train_and_evaluate`."""
-    num_train = config.data.synthetic.num_train
-    mesh = sharding.make_mesh()
-    model = state_lib.make_model(config)
-    tx = state_lib.make_optimizer(config, num_train)
-    num_steps = state_lib.total_steps(config, num_train)
-    abstract = state_lib.abstract_train_state(config, model, tx, mesh)
-    shardings = jax.tree.map(lambda s: s.sharding, abstract)
     log_prior = losses.class_log_prior(CLASS_COUNTS, primary="instance", balanced_q=1.0)
-    lr_schedule = state_lib.learning_rate_schedule(config, num_train)
-    train_step = step_lib.jit_train_step(
-        step_lib.make_train_step(config, model, tx, log_prior, num_steps, lr_schedule),
-        shardings,
-        sharding.data_sharding(mesh),
+    setup = step_lib.build(
+        config, CLASS_COUNTS, config.data.synthetic.num_train, log_prior=log_prior
     )
+    mesh, model, shardings = setup.mesh, setup.model, setup.shardings
+    train_step, lr_schedule = setup.train_step, setup.lr_schedule
     return Harness(config, mesh, model, shardings, train_step, log_prior, lr_schedule)
 
 

@@ -11,8 +11,9 @@ from input_pipeline import sources, synthetic
 def _data_cfg(**overrides) -> types.SimpleNamespace:
     syn = dict(num_train=1400, num_eval=350, imbalance=50.0, seed=0)
     syn.update(overrides)
-    return types.SimpleNamespace(synthetic=types.SimpleNamespace(**syn), image_size=64,
-                                 num_classes=7)
+    return types.SimpleNamespace(
+        synthetic=types.SimpleNamespace(**syn), image_size=64, num_classes=7
+    )
 
 
 def test_long_tailed_counts_are_geometric_from_nv_to_tail():
@@ -67,7 +68,7 @@ def test_images_vary_within_a_class():
     source = synthetic.SyntheticSource(140, 64, 1.0, 0, "validation")
     nv = [source[i]["image"].astype(np.float32) for i in np.flatnonzero(source.labels == 1)[:8]]
     # Background tone, lighting and blob placement differ: no two images are near-identical.
-    diffs = [np.abs(x - y).mean() for i, x in enumerate(nv) for y in nv[i + 1:]]
+    diffs = [np.abs(x - y).mean() for i, x in enumerate(nv) for y in nv[i + 1 :]]
     assert min(diffs) > 5.0
     # Skin tones span a real range (mean brightness of the corners).
     corners = [img[:6, :6].mean() for img in nv]
