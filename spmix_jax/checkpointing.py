@@ -8,6 +8,7 @@ on 8 devices restores onto 1 (or any other count).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -19,6 +20,12 @@ from input_pipeline import pipeline
 BEST_METRIC = "balanced_accuracy"
 
 
+def _root(workdir: str) -> epath.Path:
+    """Orbax wants absolute paths: make local ones absolute, keep URLs (gs://...) as they are."""
+    workdir = str(workdir)
+    return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
+
+
 def _options(max_to_keep: int, best: bool) -> ocp.CheckpointManagerOptions:
     kwargs: dict[str, Any] = dict(max_to_keep=max_to_keep, create=True)
     if best:
@@ -28,7 +35,7 @@ def _options(max_to_keep: int, best: bool) -> ocp.CheckpointManagerOptions:
 
 def latest_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
-        epath.Path(workdir) / "checkpoints",
+        _root(workdir) / "checkpoints",
         item_names=("state", "data"),
         options=_options(keep, best=False),
     )
@@ -36,7 +43,7 @@ def latest_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
 
 def best_manager(workdir: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
-        epath.Path(workdir) / "best", item_names=("state",), options=_options(1, best=True)
+        _root(workdir) / "best", item_names=("state",), options=_options(1, best=True)
     )
 
 
