@@ -1,4 +1,4 @@
-"""Demo: SPMix on the built-in synthetic long-tailed data, on a CPU, in about five minutes.
+"""Demo: SPMix on the built-in synthetic long-tailed data, on a CPU, in a few minutes.
 
 python -m spmix_jax.main --config=configs/demo.py --workdir=workdir/demo
 """
@@ -7,7 +7,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-    a = common.parse_arg(arg, steps=400, variant="mu/8")
+    a = common.parse_arg(arg, steps=2500, variant="mu/8")
     c = common.base_config()
     c.data.name = "synthetic"
     c.data.image_size = 40
@@ -28,7 +28,7 @@ def get_config(arg: str | None = None):
     c.optim.warmup_epochs = 2.0
     c.optim.total_steps = a.steps
     c.optim.grad_clip = 1.0
-    c.train.log_every = 25
-    c.train.eval_every = 100
-    c.train.checkpoint_every = 100
+    c.train.log_every = 100
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500
     return c
