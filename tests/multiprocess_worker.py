@@ -1,0 +1,33 @@
+"""One process of a multi-process CPU run (used by test_multiprocess.py, not collected).
+
+argv: process_id num_processes port workdir local_devices steps
+"""
+
+import os
+import sys
+
+pid, num, port, workdir, local, steps = sys.argv[1:7]
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local}"
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import jax  # noqa: E402
+
+if int(num) > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=f"localhost:{port}", num_processes=int(num), process_id=int(pid)
+    )
+
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()
+
+from configs import tiny  # noqa: E402
+from spmix_jax import evaluate, train  # noqa: E402
+
+config = tiny.get_config()
+config.optim.total_steps = int(steps)
+config.train.eval_every = int(steps)
+assert train.train_and_evaluate(config, workdir)
+evaluate.run(config, workdir, "eval")
+print(f"process {jax.process_index()} of {jax.process_count()}: {jax.device_count()} devices, ok")
