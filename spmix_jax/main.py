@@ -11,7 +11,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 MODES = ("train", "eval", "predict", "visualize")
@@ -33,6 +33,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.distributed:
         jax.distributed.initialize()
+    if not FLAGS["verbosity"].present:
+        # Progress goes to stdout; orbax and tfds log many INFO lines per save/read otherwise.
+        logging.set_verbosity(logging.WARNING)
     config = FLAGS.config
     workdir = FLAGS.workdir
     from spmix_jax import evaluate, pair_figures, train
