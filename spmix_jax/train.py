@@ -15,9 +15,10 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 from jax.experimental import multihost_utils
+from PIL import Image
 
 from input_pipeline import pipeline, sources
-from spmix_jax import checkpointing, evaluate, metrics, sharding
+from spmix_jax import checkpointing, evaluate, metrics, sharding, visualize
 from spmix_jax import step as step_lib
 from spmix_jax.config_checks import check_config
 
@@ -39,6 +40,21 @@ def _preempted(step: int) -> bool:
         return bool(multihost_utils.reached_preemption_sync_point(step))
     except RuntimeError:  # no distributed runtime (single process): nothing announces preemption
         return False
+
+
+def _write_confusion(writer, workdir: epath.Path, step: int, result: dict, names) -> None:
+    """Confusion matrix of a periodic evaluation, as a PNG in the workdir and in TensorBoard."""
+    path = workdir / "figures" / f"confusion_validation_{step}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    visualize.confusion_matrix_figure(
+        np.asarray(result["confusion_matrix"]),
+        list(names),
+        path,
+        title=f"validation @ step {step}: balanced acc {result['balanced_accuracy']:.3f}",
+    )
+    with path.open("rb") as f:
+        image = np.asarray(Image.open(f).convert("RGB"))
+    writer.write_images(step, {"val/confusion_matrix": image[None]})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
@@ -149,6 +165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
                 if last_eval.get(k) is not None
             }
             writer.write_scalars(step, scalars)
+            if is_chief:
+                _write_confusion(writer, workdir_path, step, last_eval, eval_split.class_names)
             print(
                 f"eval step {step}: " + " | ".join(f"{k[4:]} {v:.4f}" for k, v in scalars.items()),
                 flush=True,

@@ -131,6 +131,7 @@ def test_run_leaves_eval_json_figures_and_events(runs):
     assert len(result["confusion_matrix"]) == 7
     assert (full / f"confusion_validation_{STEPS}.png").stat().st_size > 1000
     assert (full / "pairs.png").stat().st_size > 1000
+    assert (full / "figures" / f"confusion_validation_{STEPS}.png").stat().st_size > 1000
     assert list(full.glob("events.out.tfevents.*"))
 
 
