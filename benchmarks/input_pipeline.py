@@ -28,7 +28,7 @@ from PIL import Image
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from input_pipeline import pipeline  # noqa: E402
-from input_pipeline.sources import DataSplit  # noqa: E402
+from input_pipeline.data_split import DataSplit  # noqa: E402
 
 CLASS_NAMES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 DEFAULT_DIR = os.environ.get("SPMIX_HAM10000_DIR", "/work/shared/data/ham10000_subset")

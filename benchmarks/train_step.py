@@ -34,10 +34,11 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from spmix_jax import metrics as metrics_lib  # noqa: E402
-from spmix_jax import saliency, sharding  # noqa: E402
+from spmix_jax import losses, optimizer, saliency, sharding, train  # noqa: E402
+from spmix_jax import state as state_lib  # noqa: E402
 from spmix_jax import step as step_lib  # noqa: E402
 from spmix_jax.config_checks import check_config  # noqa: E402
+from spmix_jax.models import make_model  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -144,9 +145,15 @@ def benchmark_step(
     counts = synthetic_class_counts(
         config.data.num_classes, num_train, config.data.synthetic.imbalance
     )
-    setup = step_lib.build(config, counts, num_train)
-    mesh, train_step = setup.mesh, setup.train_step
-    state = setup.init_state(config)
+    mesh = sharding.make_mesh()
+    model = make_model(config)
+    tx = optimizer.make_optimizer(config, num_train)
+    state = state_lib.create(config, model, tx, mesh, jax.random.PRNGKey(config.seed))
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    log_prior = losses.class_log_prior(
+        counts, primary=config.mix.primary, balanced_q=config.input.balanced_q
+    )
+    train_step = train.jit_train_step(config, model, tx, log_prior, num_train, shardings, mesh)
 
     rows = config.input.batch_size // jax.process_count()
     rng = np.random.default_rng(config.seed + jax.process_index())
@@ -179,7 +186,7 @@ def benchmark_step(
     if profile_dir:
         jax.profiler.stop_trace()
 
-    loss = metrics_lib.to_host(metrics)["loss"]
+    loss = step_lib.metrics_to_host(metrics)["loss"]
     steps_per_s = steps / elapsed
     pairs_per_s = steps_per_s * config.input.batch_size
     flops = _flops(compiled)

@@ -1,6 +1,6 @@
 """Shared config pieces: argument parsing (big_vision style) and the full default schema.
 
-Every switch of SPEC.md is a field here; experiment files (`demo.py`, `ham10000.py`,
+Every switch of docs/method.md is a field here; experiment files (`demo.py`, `ham10000.py`,
 `isic2018.py`, `tiny.py`) start from `base_config()` and override what they need.
 """
 
@@ -49,11 +49,11 @@ def parse_arg(arg: str | None, lazy: bool = False, **spec) -> ml_collections.Con
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """The full schema with the SPEC defaults (paper wording where paper and code differ)."""
+    """The full schema with the method's defaults (paper wording where paper and code differ)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
 
-    # --- data (SPEC 1-2) -------------------------------------------------------------------
+    # --- data (docs/method.md sections 1-2) -------------------------------------------------------
     c.data = ml_collections.ConfigDict()
     c.data.name = "synthetic"  # synthetic | folder_csv | isic2018 | tfds (any built directory)
     c.data.data_dir = ""  # where TFDS datasets are built (folder_csv / isic2018 / tfds)
@@ -80,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.worker_buffer_size = 2
     c.input.balanced_q = 1.0  # class-balanced sampling exponent q (1: uniform over classes)
 
-    # --- views (SPEC 3) --------------------------------------------------------------------
+    # --- views (docs/method.md section 3) ---------------------------------------------------------
     c.augment = ml_collections.ConfigDict()
     c.augment.scale = (0.08, 1.0)
     c.augment.ratio = (3.0 / 4.0, 4.0 / 3.0)
@@ -95,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment.std = ISIC_STD
     c.augment.eval_resize_ratio = 256.0 / 224.0
 
-    # --- model (SPEC 7) --------------------------------------------------------------------
+    # --- model (docs/method.md section 7) ---------------------------------------------------------
     c.model = ml_collections.ConfigDict()
     c.model.variant = "S/16"
     c.model.image_size = 224
@@ -106,13 +106,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.proj_dim = 256
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
     c.model.bn_group_size = 0  # BatchNorm statistics over groups of this many examples (0: global)
+    # Pretrained start (docs/pretrained.md): a timm .safetensors (ViT, hybrid or bare resnet50d),
+    # an original-ViT or big_vision .npz, or a workdir / Orbax checkpoint of this project.
+    c.model.init_from = ""  # "" = random init
+    c.model.init_heads = False  # also load projector, predictor and classifier (own checkpoints)
 
-    # --- saliency (SPEC 4) -----------------------------------------------------------------
+    # --- saliency (docs/method.md section 4) ------------------------------------------------------
     c.saliency = ml_collections.ConfigDict()
     c.saliency.method = "fine_grained"  # gradient | fine_grained | spectral_residual
     c.saliency.score = "label"  # gradient saliency of: label | top logit
 
-    # --- mixing (SPEC 2, 5, 6, 11) ---------------------------------------------------------
+    # --- mixing (docs/method.md sections 2, 5, 6, 11) ---------------------------------------------
     c.mix = ml_collections.ConfigDict()
     c.mix.method = "spmix"  # spmix | none | mixup | cutmix | balanced_mixup | saliencymix
     c.mix.primary = "balanced"  # balanced (paper) | instance (released code)
@@ -122,7 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mix.noise = 0.0  # uniform noise added to patch saliency before normalising (code: 0.5)
     c.mix.beta_a = 1.0  # Beta(a, a) / Beta(a, 1) for the mixup-family baselines
 
-    # --- loss (SPEC 8) ---------------------------------------------------------------------
+    # --- loss (docs/method.md section 8) ----------------------------------------------------------
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "gpaco"  # gpaco | ce | la_ce | supcon
     c.loss.alpha = 0.05
@@ -133,7 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.queue_init = "random"  # random (unit vectors, random labels) | empty (masked)
     c.loss.key_logits_from_query = False  # True reproduces the released code
 
-    # --- optimisation (SPEC 9) -------------------------------------------------------------
+    # --- optimisation (docs/method.md section 9) --------------------------------------------------
     c.optim = ml_collections.ConfigDict()
     c.optim.base_lr = 5e-6  # at optim.base_batch, scaled linearly with input.batch_size
     c.optim.base_batch = 16
@@ -142,6 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.epochs = 500.0
     c.optim.total_steps = 0  # > 0 overrides epochs
     c.optim.grad_clip = 0.0  # 0: off
+    c.optim.backbone_lr_mult = 1.0  # backbone lr = this x the heads' lr (fine-tuning)
 
     # --- loop, checkpoints, evaluation -----------------------------------------------------
     c.train = ml_collections.ConfigDict()

@@ -1,4 +1,4 @@
-"""SPMix on ISIC 2018 Task 3 with the paper's settings (SPEC 9), for GPU and TPU.
+"""SPMix on ISIC 2018 Task 3 with the paper's settings (docs/method.md section 9), for GPU and TPU.
 
 Build the data first (python -m input_pipeline.build --builder=isic2018 --manual_dir=DIR
 --data_dir=DATA --config=short256, or launch/prepare_isic2018.sh), then:

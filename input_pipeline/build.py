@@ -32,7 +32,7 @@ from etils import epath
 from configs.common import ISIC_CLASSES
 from input_pipeline import builders
 from input_pipeline.builders import base, folder_csv, isic2018
-from input_pipeline.csv_layout import DataError
+from input_pipeline.builders.csv_layout import DataError
 
 _SPLIT_ORDER = ("train", "validation", "test")
 
@@ -61,9 +61,15 @@ def make_builder(
         if not source:
             raise ValueError("folder_csv needs a source folder (--source)")
         cfg: Any = folder_csv.folder_csv_config(
-            source, name=config, csv=csv, metadata=metadata, images=images,
-            class_names=class_names, split_fractions=split_fractions,
-            seed=0 if seed is None else seed, short_side=short_side,
+            source,
+            name=config,
+            csv=csv,
+            metadata=metadata,
+            images=images,
+            class_names=class_names,
+            split_fractions=split_fractions,
+            seed=0 if seed is None else seed,
+            short_side=short_side,
         )
         return folder_csv.FolderCsv(
             config=cfg, data_dir=data_dir, skip_bad=skip_bad, num_threads=num_threads
@@ -78,11 +84,19 @@ def make_builder(
     raise ValueError(f"unknown builder {builder!r}; expected one of {sorted(builders.BUILDERS)}")
 
 
-def _stored_params(path: epath.Path) -> dict[str, Any] | None:
-    meta = path / "metadata.json"
+def _read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The whole `metadata.json` of a dataset directory, or None when it has none."""
+    meta = epath.Path(path) / "metadata.json"
     if not meta.exists():
         return None
-    return json.loads(meta.read_text()).get(base.METADATA_KEY, {}).get("params")
+    return json.loads(meta.read_text())
+
+
+def _stored_params(path: epath.Path) -> dict[str, Any] | None:
+    meta = _read_metadata(path)
+    if meta is None:
+        return None
+    return meta.get(base.METADATA_KEY, {}).get("params")
 
 
 def _without_skip(params: dict[str, Any]) -> dict[str, Any]:
@@ -136,10 +150,10 @@ def build_dataset(
 
 def load_build_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The `spmix` metadata block of a built dataset (labels, counts, parameters, report)."""
-    meta = epath.Path(path) / "metadata.json"
-    if not meta.exists():
+    meta = _read_metadata(path)
+    if meta is None:
         raise DataError(f"{path}: no metadata.json; not a dataset built by input_pipeline.build")
-    return json.loads(meta.read_text())[base.METADATA_KEY]
+    return meta[base.METADATA_KEY]
 
 
 def summary_table(meta: dict[str, Any]) -> str:
@@ -163,10 +177,7 @@ def summary_table(meta: dict[str, Any]) -> str:
     lines.append("-" * len(header))
     lines.append(
         "total".ljust(width)
-        + "".join(
-            str(meta["splits"][s]["num_examples"]).rjust(w)
-            for s, w in pairs
-        )
+        + "".join(str(meta["splits"][s]["num_examples"]).rjust(w) for s, w in pairs)
     )
     unlabelled = [s for s in splits if not meta["splits"][s]["has_labels"]]
     if unlabelled:
@@ -192,8 +203,15 @@ def summary_table(meta: dict[str, Any]) -> str:
 # Command line
 # ------------------------------------------------------------------------------------------
 FLAGS = flags.FLAGS
-_FOLDER_ONLY = ("source", "csv", "metadata", "images", "class_names", "split_fractions",
-                "short_side")
+_FOLDER_ONLY = (
+    "source",
+    "csv",
+    "metadata",
+    "images",
+    "class_names",
+    "split_fractions",
+    "short_side",
+)
 _ISIC_ONLY = ("manual_dir", "holdout_per_class")
 
 
@@ -204,52 +222,79 @@ def define_flags() -> None:
         return
     flags.DEFINE_enum("builder", None, sorted(builders.BUILDERS), "Which dataset to build.")
     flags.DEFINE_string(
-        "data_dir", None,
+        "data_dir",
+        None,
         "Output root; the dataset goes to <data_dir>/<builder>/<config>/1.0.0/.",
     )
     flags.DEFINE_string(
-        "config", "",
+        "config",
+        "",
         "Config name. folder_csv: any name for this build (default 'default'). isic2018: "
         "short256 (default), original, released, short<N>, released_original, "
         "released_short<N>.",
     )
-    flags.DEFINE_string("source", None, "folder_csv: folder with the images (searched "
-                        "recursively) and, by default, labels.csv and metadata.csv.")
     flags.DEFINE_string(
-        "csv", "labels.csv",
+        "source",
+        None,
+        "folder_csv: folder with the images (searched "
+        "recursively) and, by default, labels.csv and metadata.csv.",
+    )
+    flags.DEFINE_string(
+        "csv",
+        "labels.csv",
         "folder_csv: label CSV, relative to --source or absolute. One-hot "
         "'image,MEL,NV,...' or 'image,label' (label = class name or index); an optional "
         "lesion_id column groups the split.",
     )
     flags.DEFINE_string(
-        "metadata", "auto",
+        "metadata",
+        "auto",
         "folder_csv: CSV with image_id (or image) and lesion_id columns, e.g. HAM10000's "
         "metadata.csv. 'auto': <source>/metadata.csv if present; 'none': no lesion ids (each "
         "image is its own group).",
     )
-    flags.DEFINE_string("images", "", "folder_csv: image folder relative to --source "
-                        "(default: all of --source).")
-    flags.DEFINE_list("class_names", list(ISIC_CLASSES),
-                      "folder_csv: class names in label order.")
     flags.DEFINE_string(
-        "split_fractions", ",".join(str(f) for f in folder_csv.DEFAULT_FRACTIONS),
+        "images", "", "folder_csv: image folder relative to --source (default: all of --source)."
+    )
+    flags.DEFINE_list("class_names", list(ISIC_CLASSES), "folder_csv: class names in label order.")
+    flags.DEFINE_string(
+        "split_fractions",
+        ",".join(str(f) for f in folder_csv.DEFAULT_FRACTIONS),
         "folder_csv: fractions of train[,validation[,test]]; lesion-grouped, stratified by "
         "class. '1' keeps everything in train; a 0 leaves that split out.",
     )
-    flags.DEFINE_integer("seed", None, "folder_csv: split seed (default 0). isic2018 released "
-                         "configs: hold-out seed (default 0).")
-    flags.DEFINE_integer("short_side", 0, "folder_csv: downscale images whose shorter side "
-                         "exceeds this to it (JPEG q95); 0 keeps the original bytes.")
-    flags.DEFINE_string("manual_dir", None, "isic2018: folder with the official downloads "
-                        "(zips or extracted folders).")
-    flags.DEFINE_integer("holdout_per_class", None, "isic2018 released configs: images per "
-                         "class held out as validation (default 46).")
-    flags.DEFINE_bool("skip_bad", False, "Leave bad items (corrupt images, bad rows, "
-                      "duplicates, missing files) out and count them in the report instead of "
-                      "stopping.")
+    flags.DEFINE_integer(
+        "seed",
+        None,
+        "folder_csv: split seed (default 0). isic2018 released configs: hold-out seed (default 0).",
+    )
+    flags.DEFINE_integer(
+        "short_side",
+        0,
+        "folder_csv: downscale images whose shorter side "
+        "exceeds this to it (JPEG q95); 0 keeps the original bytes.",
+    )
+    flags.DEFINE_string(
+        "manual_dir",
+        None,
+        "isic2018: folder with the official downloads (zips or extracted folders).",
+    )
+    flags.DEFINE_integer(
+        "holdout_per_class",
+        None,
+        "isic2018 released configs: images per class held out as validation (default 46).",
+    )
+    flags.DEFINE_bool(
+        "skip_bad",
+        False,
+        "Leave bad items (corrupt images, bad rows, "
+        "duplicates, missing files) out and count them in the report instead of "
+        "stopping.",
+    )
     flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.")
-    flags.DEFINE_integer("num_threads", 0, "Threads for decoding/encoding (0: CPU count, "
-                         "at most 16).")
+    flags.DEFINE_integer(
+        "num_threads", 0, "Threads for decoding/encoding (0: CPU count, at most 16)."
+    )
     flags.mark_flags_as_required(["builder", "data_dir"])
 
 
@@ -272,16 +317,22 @@ def main(argv: Sequence[str]) -> None:
     )
     if name == "folder_csv":
         kwargs.update(
-            source=FLAGS.source, csv=FLAGS.csv, metadata=FLAGS.metadata, images=FLAGS.images,
-            class_names=tuple(FLAGS.class_names), split_fractions=FLAGS.split_fractions,
-            seed=FLAGS.seed, short_side=FLAGS.short_side,
+            source=FLAGS.source,
+            csv=FLAGS.csv,
+            metadata=FLAGS.metadata,
+            images=FLAGS.images,
+            class_names=tuple(FLAGS.class_names),
+            split_fractions=FLAGS.split_fractions,
+            seed=FLAGS.seed,
+            short_side=FLAGS.short_side,
         )
     else:
         released = (FLAGS.config or "").startswith("released")
         if not released and (FLAGS.seed is not None or FLAGS.holdout_per_class is not None):
             raise app.UsageError("--seed / --holdout_per_class apply to released configs only")
         kwargs.update(
-            manual_dir=FLAGS.manual_dir, seed=FLAGS.seed,
+            manual_dir=FLAGS.manual_dir,
+            seed=FLAGS.seed,
             holdout_per_class=FLAGS.holdout_per_class,
         )
     try:

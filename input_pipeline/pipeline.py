@@ -19,16 +19,14 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grain
 import numpy as np
 from PIL import Image
 
 from input_pipeline import sampling
-
-if TYPE_CHECKING:
-    from input_pipeline.sources import DataSplit
+from input_pipeline.data_split import DataSplit, as_rgb_uint8
 
 # grain needs a finite length; this many pair positions is "forever" at any realistic speed.
 _STREAM_LENGTH = sys.maxsize // 2
@@ -41,13 +39,16 @@ def host_batch_size(global_batch_size: int, process_count: int) -> int:
     if global_batch_size < 1:
         raise ValueError(f"global batch size must be >= 1, got {global_batch_size}")
     if global_batch_size % process_count:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
-                         f"{process_count} processes")
+        raise ValueError(
+            f"global batch size {global_batch_size} is not divisible by the "
+            f"{process_count} processes"
+        )
     return global_batch_size // process_count
 
 
-def _process_index_and_count(process_index: int | None,
-                             process_count: int | None) -> tuple[int, int]:
+def _process_index_and_count(
+    process_index: int | None, process_count: int | None
+) -> tuple[int, int]:
     if (process_index is None) != (process_count is None):
         raise ValueError("give both process_index and process_count, or neither")
     if process_index is None:
@@ -55,8 +56,9 @@ def _process_index_and_count(process_index: int | None,
 
         process_index, process_count = jax.process_index(), jax.process_count()
     if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} out of range for {process_count} "
-                         "processes")
+        raise ValueError(
+            f"process_index {process_index} out of range for {process_count} processes"
+        )
     return int(process_index), int(process_count)
 
 
@@ -77,16 +79,7 @@ def decode_image(image: Any, image_size: int, image_id: str = "?") -> np.ndarray
             return pil.convert("RGB")
         except Exception as err:
             raise ValueError(f"cannot decode image {image_id!r}: {err}") from err
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"image {image_id!r} must be uint8 or encoded bytes, got {image.dtype}")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"image {image_id!r} must be (H, W, 1|3|4), got shape {image.shape}")
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    return image[..., :3]
+    return as_rgb_uint8(image, image_id)
 
 
 def resize_centre_square(image: np.ndarray | Image.Image, image_size: int) -> np.ndarray:
@@ -99,8 +92,11 @@ def resize_centre_square(image: np.ndarray | Image.Image, image_size: int) -> np
     if (width, height) != (image_size, image_size):
         short = min(width, height)
         left, top = (width - short) / 2.0, (height - short) / 2.0
-        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR,
-                             box=(left, top, left + short, top + short))
+        image = image.resize(
+            (image_size, image_size),
+            Image.Resampling.BILINEAR,
+            box=(left, top, left + short, top + short),
+        )
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -114,24 +110,39 @@ def _read(source: Any, labels: np.ndarray, index: int, image_size: int) -> np.nd
     record = source[index]
     image_id = str(record.get("image_id", index))
     if int(record["label"]) != int(labels[index]):
-        raise ValueError(f"record {image_id!r} (index {index}) has label {record['label']} but "
-                         f"the split's labels say {labels[index]}")
+        raise ValueError(
+            f"record {image_id!r} (index {index}) has label {record['label']} but "
+            f"the split's labels say {labels[index]}"
+        )
     return prepare_image(record["image"], image_size, image_id)
+
+
+def _global_position(k: int, global_batch: int, host_batch: int, process_index: int) -> int:
+    """Host-local stream position k -> global position: this host's slice of each global batch."""
+    step, slot = divmod(int(k), host_batch)
+    return step * global_batch + process_index * host_batch + slot
 
 
 class _TrainPair:
     """Host-local stream position k -> one decoded training pair (a picklable grain map)."""
 
-    def __init__(self, source: Any, labels: np.ndarray, sampler: sampling.PairSampler,
-                 global_batch: int, host_batch: int, process_index: int, primary: str,
-                 image_size: int):
+    def __init__(
+        self,
+        source: Any,
+        labels: np.ndarray,
+        sampler: sampling.PairSampler,
+        global_batch: int,
+        host_batch: int,
+        process_index: int,
+        primary: str,
+        image_size: int,
+    ):
         self.source, self.labels, self.sampler = source, labels, sampler
         self.global_batch, self.host_batch = global_batch, host_batch
         self.process_index, self.primary, self.image_size = process_index, primary, image_size
 
     def __call__(self, k: int) -> dict[str, np.ndarray]:
-        step, slot = divmod(int(k), self.host_batch)
-        position = step * self.global_batch + self.process_index * self.host_batch + slot
+        position = _global_position(k, self.global_batch, self.host_batch, self.process_index)
         p, s = sampling.primary_secondary(*self.sampler.pair(position), self.primary)
         return {
             "primary_image": _read(self.source, self.labels, p, self.image_size),
@@ -146,19 +157,29 @@ class _TrainPair:
 class _EvalExample:
     """Host-local position k -> one example of this host's shard, or a masked pad."""
 
-    def __init__(self, source: Any, labels: np.ndarray, global_batch: int, host_batch: int,
-                 process_index: int, image_size: int):
+    def __init__(
+        self,
+        source: Any,
+        labels: np.ndarray,
+        global_batch: int,
+        host_batch: int,
+        process_index: int,
+        image_size: int,
+    ):
         self.source, self.labels = source, labels
         self.global_batch, self.host_batch = global_batch, host_batch
         self.process_index, self.image_size = process_index, image_size
 
     def __call__(self, k: int) -> dict[str, np.ndarray]:
-        step, slot = divmod(int(k), self.host_batch)
-        position = step * self.global_batch + self.process_index * self.host_batch + slot
+        position = _global_position(k, self.global_batch, self.host_batch, self.process_index)
         if position >= len(self.labels):
             size = self.image_size
-            return {"image": np.zeros((size, size, 3), np.uint8), "label": np.int32(0),
-                    "index": np.int32(-1), "mask": np.bool_(False)}
+            return {
+                "image": np.zeros((size, size, 3), np.uint8),
+                "label": np.int32(0),
+                "index": np.int32(-1),
+                "mask": np.bool_(False),
+            }
         return {
             "image": _read(self.source, self.labels, position, self.image_size),
             "label": np.int32(self.labels[position]),
@@ -170,19 +191,46 @@ class _EvalExample:
 def _check_split(data_split: DataSplit, *, for_training: bool) -> np.ndarray:
     labels = np.asarray(data_split.labels)
     if labels.ndim != 1 or len(labels) != len(data_split.source):
-        raise ValueError(f"split {data_split.split!r}: {labels.shape} labels for "
-                         f"{len(data_split.source)} records")
+        raise ValueError(
+            f"split {data_split.split!r}: {labels.shape} labels for "
+            f"{len(data_split.source)} records"
+        )
     if len(labels) == 0:
         raise ValueError(f"split {data_split.split!r} is empty")
     if for_training and labels.min() < 0:
-        raise ValueError(f"split {data_split.split!r} has {int((labels < 0).sum())} examples "
-                         "without ground truth (label -1); it cannot be trained on")
+        raise ValueError(
+            f"split {data_split.split!r} has {int((labels < 0).sum())} examples "
+            "without ground truth (label -1); it cannot be trained on"
+        )
     return labels.astype(np.int64)
 
 
-def _read_options(read_threads: int) -> grain.ReadOptions:
-    # Elements are whole batches: a small buffer keeps host memory bounded.
-    return grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2, read_threads))
+def _batches(
+    element: Any,
+    start: int,
+    stop: int,
+    host_batch: int,
+    read_threads: int,
+    worker_count: int,
+    worker_options: dict[str, int],
+) -> grain.IterDataset:
+    """Positions [start, stop) mapped by `element` into full host batches, read ahead.
+
+    Elements are whole batches, so a small read buffer keeps host memory bounded. With workers,
+    `worker_options` are further `grain.MultiprocessingOptions` fields (grain's defaults else).
+    """
+    read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2, read_threads))
+    ds = (
+        grain.MapDataset.range(start, stop)
+        .map(element)
+        .batch(host_batch, drop_remainder=True)
+        .to_iter_dataset(read)
+    )
+    if worker_count > 0:
+        ds = ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=worker_count, **worker_options)
+        )
+    return ds
 
 
 class PairBatchIterator(grain.DatasetIterator):
@@ -194,8 +242,16 @@ class PairBatchIterator(grain.DatasetIterator):
     rebuilds the grain pipeline at that batch; nothing is decoded to skip ahead.
     """
 
-    def __init__(self, element: _TrainPair, *, host_batch: int, worker_count: int,
-                 worker_buffer_size: int, read_threads: int, settings: dict[str, Any]):
+    def __init__(
+        self,
+        element: _TrainPair,
+        *,
+        host_batch: int,
+        worker_count: int,
+        worker_buffer_size: int,
+        read_threads: int,
+        settings: dict[str, Any],
+    ):
         super().__init__()
         self._element, self._host_batch = element, host_batch
         self._worker_count, self._worker_buffer_size = worker_count, worker_buffer_size
@@ -205,14 +261,17 @@ class PairBatchIterator(grain.DatasetIterator):
         self._inner = self._build(0)
 
     def _build(self, step: int) -> grain.DatasetIterator:
-        ds = (grain.MapDataset.range(step * self._host_batch, _STREAM_LENGTH)
-              .map(self._element)
-              .batch(self._host_batch, drop_remainder=True)
-              .to_iter_dataset(_read_options(self._read_threads)))
-        if self._worker_count > 0:
-            ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-                num_workers=self._worker_count, per_worker_buffer_size=self._worker_buffer_size))
-        return iter(ds)
+        return iter(
+            _batches(
+                self._element,
+                step * self._host_batch,
+                _STREAM_LENGTH,
+                self._host_batch,
+                self._read_threads,
+                self._worker_count,
+                {"per_worker_buffer_size": self._worker_buffer_size},
+            )
+        )
 
     def __next__(self) -> dict[str, np.ndarray]:
         self._assert_not_closed()
@@ -228,11 +287,15 @@ class PairBatchIterator(grain.DatasetIterator):
         """Continues right after the batch at which `state` was taken."""
         if not isinstance(state, dict) or "step" not in state:
             raise ValueError(f"not a training iterator state: {state!r}")
-        mismatched = {key: (state.get(key), value) for key, value in self._settings.items()
-                      if state.get(key) != value}
+        mismatched = {
+            key: (state.get(key), value)
+            for key, value in self._settings.items()
+            if state.get(key) != value
+        }
         if mismatched:
-            raise ValueError("iterator state was saved with other settings "
-                             f"(saved, current): {mismatched}")
+            raise ValueError(
+                f"iterator state was saved with other settings (saved, current): {mismatched}"
+            )
         step = int(state["step"])
         if step < 0:
             raise ValueError(f"iterator state has a negative step {step}")
@@ -250,9 +313,18 @@ class PairBatchIterator(grain.DatasetIterator):
 
 
 def make_train_iterator(
-    data_split: DataSplit, *, global_batch_size: int, image_size: int, seed: int,
-    balanced_q: float, primary: str, worker_count: int = 0, worker_buffer_size: int = 2,
-    process_index: int | None = None, process_count: int | None = None, read_threads: int = 1,
+    data_split: DataSplit,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    seed: int,
+    balanced_q: float,
+    primary: str,
+    worker_count: int = 0,
+    worker_buffer_size: int = 2,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    read_threads: int = 1,
 ) -> PairBatchIterator:
     """Infinite iterator of this host's training batches of pairs (checkpointable).
 
@@ -264,24 +336,45 @@ def make_train_iterator(
     if primary not in sampling.PRIMARY_CHOICES:
         raise ValueError(f"primary must be one of {sampling.PRIMARY_CHOICES}, got {primary!r}")
     if worker_count < 0 or read_threads < 0:
-        raise ValueError(f"worker_count and read_threads must be >= 0, got {worker_count}, "
-                         f"{read_threads}")
+        raise ValueError(
+            f"worker_count and read_threads must be >= 0, got {worker_count}, {read_threads}"
+        )
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
     process_index, process_count = _process_index_and_count(process_index, process_count)
     batch = host_batch_size(global_batch_size, process_count)
     labels = _check_split(data_split, for_training=True)
     num_classes = max(len(data_split.class_counts), int(labels.max()) + 1)
-    sampler = sampling.PairSampler(labels, seed=seed, balanced_q=balanced_q,
-                                   num_classes=num_classes)
-    element = _TrainPair(data_split.source, labels, sampler, global_batch_size, batch,
-                         process_index, primary, image_size)
-    settings = {"split": str(data_split.split), "num_examples": int(len(labels)),
-                "global_batch_size": int(global_batch_size), "image_size": int(image_size),
-                "seed": int(seed), "balanced_q": float(balanced_q), "primary": primary}
-    return PairBatchIterator(element, host_batch=batch, worker_count=worker_count,
-                             worker_buffer_size=worker_buffer_size, read_threads=read_threads,
-                             settings=settings)
+    sampler = sampling.PairSampler(
+        labels, seed=seed, balanced_q=balanced_q, num_classes=num_classes
+    )
+    element = _TrainPair(
+        data_split.source,
+        labels,
+        sampler,
+        global_batch_size,
+        batch,
+        process_index,
+        primary,
+        image_size,
+    )
+    settings = {
+        "split": str(data_split.split),
+        "num_examples": int(len(labels)),
+        "global_batch_size": int(global_batch_size),
+        "image_size": int(image_size),
+        "seed": int(seed),
+        "balanced_q": float(balanced_q),
+        "primary": primary,
+    }
+    return PairBatchIterator(
+        element,
+        host_batch=batch,
+        worker_count=worker_count,
+        worker_buffer_size=worker_buffer_size,
+        read_threads=read_threads,
+        settings=settings,
+    )
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
@@ -290,8 +383,13 @@ def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
 
 
 def make_eval_iterator(
-    data_split: DataSplit, *, global_batch_size: int, image_size: int,
-    process_index: int | None = None, process_count: int | None = None, worker_count: int = 0,
+    data_split: DataSplit,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    worker_count: int = 0,
     read_threads: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
     """One pass over the split, this host's shard, padded to full batches with `mask` False.
@@ -304,15 +402,10 @@ def make_eval_iterator(
     batch = host_batch_size(global_batch_size, process_count)
     labels = _check_split(data_split, for_training=False)
     steps = num_eval_batches(len(labels), global_batch_size)
-    element = _EvalExample(data_split.source, labels, global_batch_size, batch, process_index,
-                           image_size)
-    ds = (grain.MapDataset.range(steps * batch)
-          .map(element)
-          .batch(batch, drop_remainder=True)
-          .to_iter_dataset(_read_options(read_threads)))
-    if worker_count > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    return iter(ds)
+    element = _EvalExample(
+        data_split.source, labels, global_batch_size, batch, process_index, image_size
+    )
+    return iter(_batches(element, 0, steps * batch, batch, read_threads, worker_count, {}))
 
 
 def checkpoint_save_args(iterator: grain.DatasetIterator) -> Any:

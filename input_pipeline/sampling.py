@@ -1,4 +1,6 @@
-"""Pairs of training indices: an instance-balanced sample and a class-balanced partner (SPEC 2).
+"""Pairs of training indices: an instance-balanced sample and a class-balanced partner.
+
+The sampling rule is docs/method.md section 2.
 
 Everything is a pure function of (seed, epoch, position): the instance side is a seeded shuffle per
 epoch, the balanced partner of position i is drawn with replacement from a generator seeded by
@@ -47,8 +49,9 @@ class PairSampler:
     (seed, epoch, i); drawn in two exact stages (class by its total mass, then uniformly within).
     """
 
-    def __init__(self, labels: np.ndarray, *, seed: int, balanced_q: float,
-                 num_classes: int | None = None):
+    def __init__(
+        self, labels: np.ndarray, *, seed: int, balanced_q: float, num_classes: int | None = None
+    ):
         labels = np.asarray(labels)
         if labels.ndim != 1 or labels.size == 0:
             raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
@@ -91,8 +94,9 @@ class PairSampler:
         """Class-balanced partner at global position g (seeded by seed, epoch, i)."""
         epoch, i = divmod(int(position), self.num_examples)
         u_class, u_member = np.random.default_rng([self.seed, _BALANCED_TAG, epoch, i]).random(2)
-        k = min(int(np.searchsorted(self._class_cdf, u_class, side="right")),
-                len(self._members) - 1)
+        k = min(
+            int(np.searchsorted(self._class_cdf, u_class, side="right")), len(self._members) - 1
+        )
         while self._members[k].size == 0:  # only reachable through float rounding at the cdf end
             k -= 1
         members = self._members[k]

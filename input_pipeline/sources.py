@@ -20,7 +20,6 @@ builds of one dataset are not coordinated).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import re
@@ -34,21 +33,13 @@ from absl import logging
 from etils import epath
 
 from input_pipeline.builders import DEFAULT_CONFIGS, METADATA_KEY
+from input_pipeline.data_split import DataSplit, as_rgb_uint8  # also used as `sources.<name>`
 
 BUILT_NAMES = ("folder_csv", "isic2018")
+# Every value config.data.name may take (see the module docstring).
+DATASET_NAMES = ("synthetic", *BUILT_NAMES, "tfds")
 _VERSION_DIR = re.compile(r"^\d+\.\d+\.\d+$")
 _LABEL_BATCH = 1024
-
-
-@dataclasses.dataclass
-class DataSplit:
-    """One split, ready for sampling: records by index plus labels known without decoding."""
-
-    source: Any  # random access: len(source), source[i] -> record dict
-    class_counts: np.ndarray  # int64 [C], counts of the TRAIN split (for sampler/prior/groups)
-    class_names: tuple[str, ...]
-    split: str
-    labels: np.ndarray  # int64 [len(source)], labels of THIS split; -1 = no ground truth
 
 
 class RecordSource:
@@ -81,28 +72,13 @@ class RecordSource:
         return f"RecordSource({self._path}, split={self._split!r}, len={len(self)})"
 
     def _record(self, raw: dict[str, Any], index: int) -> dict[str, Any]:
+        image_id = _as_text(raw.get("image_id"), f"{self._split}:{index}")
         return {
-            "image": as_rgb_uint8(raw["image"]),
+            "image": as_rgb_uint8(raw["image"], image_id),
             "label": int(raw["label"]),
-            "image_id": _as_text(raw.get("image_id"), f"{self._split}:{index}"),
+            "image_id": image_id,
             "lesion_id": _as_text(raw.get("lesion_id"), ""),
         }
-
-
-def as_rgb_uint8(image: Any) -> np.ndarray:
-    """A decoded image as uint8 (H, W, 3): gray is repeated, alpha dropped."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"expected an (H, W, 1|3|4) image, got shape {image.shape}")
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    elif image.shape[-1] == 4:
-        image = image[:, :, :3]
-    return image
 
 
 def _as_text(value: Any, default: str) -> str:
@@ -133,7 +109,8 @@ def _version_key(path: epath.Path) -> tuple[int, ...]:
 
 def _newest_version(config_dir: epath.Path) -> epath.Path | None:
     versions = [
-        p for p in _subdirs(config_dir)
+        p
+        for p in _subdirs(config_dir)
         if _VERSION_DIR.match(p.name) and (p / "dataset_info.json").exists()
     ]
     return max(versions, key=_version_key) if versions else None
@@ -212,13 +189,18 @@ def dataset_dir(data_cfg: Any) -> str:
     from input_pipeline import build  # building pulls in the writer side; only when needed
 
     logging.info(
-        "Dataset %s not found; building it from %s: %s", config_dir, data_cfg.source_dir,
-        build_command(data_cfg.name, data_cfg.data_dir, data_cfg.builder_config,
-                      data_cfg.source_dir),
+        "Dataset %s not found; building it from %s: %s",
+        config_dir,
+        data_cfg.source_dir,
+        build_command(
+            data_cfg.name, data_cfg.data_dir, data_cfg.builder_config, data_cfg.source_dir
+        ),
     )
     source_key = "manual_dir" if data_cfg.name == "isic2018" else "source"
     return build.build_dataset(
-        data_cfg.name, data_cfg.data_dir, config=data_cfg.builder_config,
+        data_cfg.name,
+        data_cfg.data_dir,
+        config=data_cfg.builder_config,
         **{source_key: data_cfg.source_dir},
     )
 
@@ -238,7 +220,8 @@ def _find_tfds_dir(data_cfg: Any, root: epath.Path) -> epath.Path:
             break
         path = subdirs[0]
     raise _missing_error(
-        data_cfg, root,
+        data_cfg,
+        root,
         "expected a TFDS dataset directory (holding dataset_info.json) or a parent with exactly "
         "one dataset in it",
     )
@@ -291,9 +274,7 @@ def split_labels(path: str, split: str) -> np.ndarray:
         if "label" not in builder.info.features:
             raise ValueError(f"{path}: the dataset has no 'label' feature")
         decoders = {
-            name: tfds.decode.SkipDecoding()
-            for name in builder.info.features
-            if name != "label"
+            name: tfds.decode.SkipDecoding() for name in builder.info.features if name != "label"
         }
         raw = builder.as_data_source(split, decoders=decoders)
         labels = np.empty(len(raw), np.int64)
@@ -322,10 +303,12 @@ def _check_classes(data_cfg: Any, names: tuple[str, ...], path: str) -> None:
 def get_split(data_cfg: Any, split: str) -> DataSplit:
     """The split `split` of the dataset `data_cfg` (= config.data) describes."""
     if data_cfg.name == "synthetic":
-        from input_pipeline import synthetic
+        from input_pipeline import (
+            synthetic,
+        )  # imported on first use: only synthetic configs need it
 
         return synthetic.get_split(data_cfg, split)
-    if data_cfg.name not in (*BUILT_NAMES, "tfds"):
+    if data_cfg.name not in DATASET_NAMES:
         raise ValueError(
             f"unknown config.data.name {data_cfg.name!r}; expected synthetic, folder_csv, "
             "isic2018 or tfds"

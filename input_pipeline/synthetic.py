@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from input_pipeline.data_split import DataSplit
+
 CLASS_NAMES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 NUM_CLASSES = len(CLASS_NAMES)
 # Class indices from the most to the least frequent, as in the ISIC 2018 training counts
@@ -37,26 +39,61 @@ _HAIR = np.array([0.14, 0.10, 0.08], np.float32)
 # aspect range (minor/major), border irregularity, edge softness (in half-image units).
 _SPECS: dict[int, dict[str, Any]] = {
     0: dict(  # MEL: large, irregular, dark brown mottled with blue-grey and black
-        c1=(0.32, 0.19, 0.13), c2=(0.36, 0.39, 0.50), size=(0.42, 0.70), aspect=(0.55, 0.95),
-        irregular=0.22, soft=0.05),
+        c1=(0.32, 0.19, 0.13),
+        c2=(0.36, 0.39, 0.50),
+        size=(0.42, 0.70),
+        aspect=(0.55, 0.95),
+        irregular=0.22,
+        soft=0.05,
+    ),
     1: dict(  # NV: regular oval, medium brown, pigment network
-        c1=(0.55, 0.36, 0.24), c2=(0.38, 0.24, 0.16), size=(0.28, 0.58), aspect=(0.75, 1.0),
-        irregular=0.04, soft=0.06),
+        c1=(0.55, 0.36, 0.24),
+        c2=(0.38, 0.24, 0.16),
+        size=(0.28, 0.58),
+        aspect=(0.75, 1.0),
+        irregular=0.04,
+        soft=0.06,
+    ),
     2: dict(  # BCC: pearly pink with red branching vessels and a few blue-grey ovoids
-        c1=(0.90, 0.66, 0.66), c2=(0.72, 0.16, 0.22), size=(0.30, 0.60), aspect=(0.60, 0.95),
-        irregular=0.08, soft=0.10),
+        c1=(0.90, 0.66, 0.66),
+        c2=(0.72, 0.16, 0.22),
+        size=(0.30, 0.60),
+        aspect=(0.60, 0.95),
+        irregular=0.08,
+        soft=0.10,
+    ),
     3: dict(  # AKIEC: red-pink with whitish scale
-        c1=(0.83, 0.46, 0.42), c2=(0.95, 0.91, 0.80), size=(0.34, 0.64), aspect=(0.55, 0.95),
-        irregular=0.14, soft=0.08),
+        c1=(0.83, 0.46, 0.42),
+        c2=(0.95, 0.91, 0.80),
+        size=(0.34, 0.64),
+        aspect=(0.55, 0.95),
+        irregular=0.14,
+        soft=0.08,
+    ),
     4: dict(  # BKL: tan, waxy, cerebriform stripes, sharp border
-        c1=(0.72, 0.54, 0.38), c2=(0.50, 0.36, 0.24), size=(0.34, 0.64), aspect=(0.60, 0.95),
-        irregular=0.07, soft=0.03),
+        c1=(0.72, 0.54, 0.38),
+        c2=(0.50, 0.36, 0.24),
+        size=(0.34, 0.64),
+        aspect=(0.60, 0.95),
+        irregular=0.07,
+        soft=0.03,
+    ),
     5: dict(  # DF: small, brown ring around a white scar-like centre
-        c1=(0.60, 0.42, 0.31), c2=(0.93, 0.87, 0.82), size=(0.20, 0.38), aspect=(0.80, 1.0),
-        irregular=0.05, soft=0.07),
+        c1=(0.60, 0.42, 0.31),
+        c2=(0.93, 0.87, 0.82),
+        size=(0.20, 0.38),
+        aspect=(0.80, 1.0),
+        irregular=0.05,
+        soft=0.07,
+    ),
     6: dict(  # VASC: red-purple lobules with darker lacunae
-        c1=(0.64, 0.13, 0.27), c2=(0.34, 0.05, 0.16), size=(0.26, 0.50), aspect=(0.70, 1.0),
-        irregular=0.05, soft=0.05),
+        c1=(0.64, 0.13, 0.27),
+        c2=(0.34, 0.05, 0.16),
+        size=(0.26, 0.50),
+        aspect=(0.70, 1.0),
+        irregular=0.05,
+        soft=0.05,
+    ),
 }
 
 
@@ -73,8 +110,9 @@ def long_tailed_counts(
     if sorted(order) != list(range(num_classes)):
         raise ValueError(f"order must be a permutation of 0..{num_classes - 1}, got {order}")
     if num_examples < num_classes:
-        raise ValueError(f"need at least {num_classes} examples (one per class), "
-                         f"got {num_examples}")
+        raise ValueError(
+            f"need at least {num_classes} examples (one per class), got {num_examples}"
+        )
     if not imbalance >= 1.0:
         raise ValueError(f"imbalance must be >= 1 (head/tail ratio), got {imbalance}")
     rank = np.arange(num_classes, dtype=np.float64)
@@ -104,7 +142,11 @@ def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 
 def _curvy_line(
-    yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator, width: float, centre=(0.0, 0.0),
+    yy: np.ndarray,
+    xx: np.ndarray,
+    rng: np.random.Generator,
+    width: float,
+    centre=(0.0, 0.0),
     spread: float = 1.0,
 ) -> np.ndarray:
     """Intensity in [0, 1] of a gently curved line of the given half-width."""
@@ -113,8 +155,9 @@ def _curvy_line(
     offset = _u(rng, -0.6, 0.6) * spread
     along = (xx - centre[0]) * -ny + (yy - centre[1]) * nx
     across = (xx - centre[0]) * nx + (yy - centre[1]) * ny - offset
-    across = across + _u(rng, 0.02, 0.15) * spread * np.sin(_u(rng, 2.0, 6.0) / spread * along
-                                                              + _u(rng, 0.0, 6.3))
+    across = across + _u(rng, 0.02, 0.15) * spread * np.sin(
+        _u(rng, 2.0, 6.0) / spread * along + _u(rng, 0.0, 6.3)
+    )
     return np.exp(-np.square(across / width))
 
 
@@ -129,8 +172,11 @@ def _draw(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     skin = (1.0 - tone) * _SKIN_LIGHT + tone * _SKIN_DARK
     skin = skin * np.float32(_u(rng, 0.9, 1.08)) + rng.normal(0, 0.02, 3).astype(np.float32)
     light_angle = _u(rng, 0.0, 2 * math.pi)
-    light = (1.0 + _u(rng, 0.0, 0.25) * (math.cos(light_angle) * xx + math.sin(light_angle) * yy)
-             - _u(rng, 0.05, 0.35) * (xx * xx + yy * yy))
+    light = (
+        1.0
+        + _u(rng, 0.0, 0.25) * (math.cos(light_angle) * xx + math.sin(light_angle) * yy)
+        - _u(rng, 0.05, 0.35) * (xx * xx + yy * yy)
+    )
     image = light[..., None] * skin
 
     # Lesion frame: centre, size, aspect, rotation.
@@ -147,7 +193,8 @@ def _draw(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     border = np.ones_like(r)
     for k in range(2, 6):
         border = border + spec["irregular"] * _u(rng, 0.3, 1.0) / math.sqrt(k) * np.cos(
-            k * theta + _u(rng, 0.0, 2 * math.pi))
+            k * theta + _u(rng, 0.0, 2 * math.pi)
+        )
     soft = max(spec["soft"] / radius, 1.5 * px / radius)
     mask = np.clip((border - r) / soft + 0.5, 0.0, 1.0)
 
@@ -160,7 +207,8 @@ def _draw(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
         f1, f2 = _u(rng, 3.0, 6.0), _u(rng, 3.0, 6.0)
         a1, a2 = _u(rng, 0, math.pi), _u(rng, 0, math.pi)
         mottle = np.sin(f1 * (u * math.cos(a1) + v * math.sin(a1)) + _u(rng, 0, 6.3)) * np.sin(
-            f2 * (u * math.cos(a2) + v * math.sin(a2)) + _u(rng, 0, 6.3))
+            f2 * (u * math.cos(a2) + v * math.sin(a2)) + _u(rng, 0, 6.3)
+        )
         mix = np.clip(mottle * 1.8 - 0.2, 0.0, 1.0)
         shade = 0.65 + 0.35 * np.clip(r, 0.0, 1.0)
     elif label == 1:  # NV: pigment network, slightly darker centre
@@ -228,9 +276,7 @@ class SyntheticSource:
     shuffle of the per-class counts, so neighbouring indices have unrelated classes.
     """
 
-    def __init__(
-        self, num_examples: int, image_size: int, imbalance: float, seed: int, split: str
-    ):
+    def __init__(self, num_examples: int, image_size: int, imbalance: float, seed: int, split: str):
         if split not in _SPLIT_CODES:
             raise ValueError(f"unknown synthetic split {split!r}; expected one of {SPLITS}")
         if image_size < 8:
@@ -265,18 +311,18 @@ class SyntheticSource:
         }
 
     def __repr__(self) -> str:
-        return (f"SyntheticSource(num_examples={self.num_examples}, image_size={self.image_size}, "
-                f"imbalance={self.imbalance}, seed={self.seed}, split={self.split!r})")
+        return (
+            f"SyntheticSource(num_examples={self.num_examples}, image_size={self.image_size}, "
+            f"imbalance={self.imbalance}, seed={self.seed}, split={self.split!r})"
+        )
 
 
-def get_split(data_cfg: Any, split: str):
-    """The synthetic split as a `sources.DataSplit`: train long-tailed, eval splits balanced.
+def get_split(data_cfg: Any, split: str) -> DataSplit:
+    """The synthetic split as a `DataSplit`: train long-tailed, eval splits balanced.
 
     Reads data_cfg.synthetic.{num_train, num_eval, imbalance, seed} and data_cfg.image_size.
     'validation' and 'test' are drawn from other seeds than 'train' (and from each other).
     """
-    from input_pipeline.sources import DataSplit  # sources dispatches here; import lazily
-
     syn = data_cfg.synthetic
     num_classes = int(getattr(data_cfg, "num_classes", NUM_CLASSES))
     if num_classes != NUM_CLASSES:

@@ -1,4 +1,4 @@
-"""EMA key encoder (SPEC 7, `model.key_encoder = 'ema'`): parameter averaging and its schedule.
+"""EMA key encoder (docs/method.md section 7): parameter averaging and its momentum schedule.
 
 `optax.ema` averages the updates it is given, not weights, so the key parameters are kept as a
 separate tree and moved toward the query parameters with `optax.incremental_update`.

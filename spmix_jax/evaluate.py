@@ -7,6 +7,7 @@ modes of the entry point, which restore a checkpoint (latest, best or a step) fi
 from __future__ import annotations
 
 import csv
+import functools
 from typing import Any
 
 import jax
@@ -17,10 +18,12 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from input_pipeline import pipeline, sources
-from spmix_jax import checkpointing, metrics, sharding, visualize
+from input_pipeline.data_split import DataSplit
+from spmix_jax import checkpointing, figures, metrics, optimizer, sharding
 from spmix_jax import state as state_lib
 from spmix_jax import step as step_lib
 from spmix_jax.config_checks import check_config
+from spmix_jax.models import make_model
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -32,15 +35,19 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 def predict_split(
     config: ml_collections.ConfigDict,
-    params: Any,
-    split: sources.DataSplit,
+    variables: Any,
+    split: DataSplit,
     mesh: jax.sharding.Mesh,
     eval_fn: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Logits, labels and source indices of every example of `split` (each exactly once)."""
+    """Logits, labels and source indices of every example of `split` (each exactly once).
+
+    `variables` are the query encoder's {"params", "batch_stats"}; `eval_fn` the jitted
+    `step.eval_logits` when the caller has one already.
+    """
     if eval_fn is None:
-        model = state_lib.make_model(config)
-        eval_fn = jax.jit(step_lib.make_eval_step(config, model))
+        model = make_model(config)
+        eval_fn = jax.jit(functools.partial(step_lib.eval_logits, config=config, model=model))
     it = pipeline.make_eval_iterator(
         split,
         global_batch_size=config.input.eval_batch_size,
@@ -49,7 +56,7 @@ def predict_split(
     all_logits, all_labels, all_index = [], [], []
     for host_batch in it:
         batch = sharding.global_batch(host_batch, mesh)
-        logits = _to_host(eval_fn(params, batch))
+        logits = _to_host(eval_fn(variables, batch))
         mask = _to_host(batch["mask"]).astype(bool)
         all_logits.append(logits[mask])
         all_labels.append(_to_host(batch["label"])[mask])
@@ -59,13 +66,13 @@ def predict_split(
 
 def evaluate_split(
     config: ml_collections.ConfigDict,
-    params: Any,
-    split: sources.DataSplit,
+    variables: Any,
+    split: DataSplit,
     mesh: jax.sharding.Mesh,
     eval_fn: Any = None,
 ) -> dict[str, Any]:
-    """All SPEC 10 metrics of the classifier on one split."""
-    logits, labels, _ = predict_split(config, params, split, mesh, eval_fn)
+    """All metrics of docs/method.md section 10 for the classifier on one split."""
+    logits, labels, _ = predict_split(config, variables, split, mesh, eval_fn)
     return metrics.classification_metrics(
         logits,
         labels,
@@ -77,24 +84,25 @@ def evaluate_split(
     )
 
 
-def restore_params(
-    config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh, num_train: int
-) -> tuple[Any, int]:
-    """Restores the query-encoder parameters of a checkpoint onto `mesh` (any device count)."""
+def restore_variables(
+    config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh
+) -> tuple[dict[str, Any], int]:
+    """The query encoder's {"params", "batch_stats"} of the configured checkpoint, on `mesh`.
+
+    Restores into the sharded layout of this process's devices, whatever the count it was saved
+    with. The optimizer's state shapes do not depend on the dataset size, hence `num_train=1`.
+    """
     manager, step = checkpointing.resolve_step(workdir, config.eval.checkpoint)
-    model = state_lib.make_model(config)
-    tx = state_lib.make_optimizer(config, num_train)
-    abstract = state_lib.abstract_train_state(config, model, tx, mesh)
+    model = make_model(config)
+    abstract = state_lib.create(config, model, optimizer.make_optimizer(config, 1), mesh)
     restored = checkpointing.restore(manager, step, abstract)
-    return restored.params, step
+    return {"params": restored.params, "batch_stats": restored.batch_stats}, step
 
 
 def restore_for_figures(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
-    """(params, model) of the configured checkpoint, for figures that need a trained model."""
-    mesh = sharding.make_mesh()
-    train = sources.get_split(config.data, config.data.train_split)
-    params, _ = restore_params(config, workdir, mesh, len(train.labels))
-    return params, state_lib.make_model(config)
+    """(variables, model) of the configured checkpoint, for figures that need a trained model."""
+    variables, _ = restore_variables(config, workdir, sharding.make_mesh())
+    return variables, make_model(config)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> dict[str, Any]:
@@ -105,14 +113,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> 
     """
     check_config(config)
     mesh = sharding.make_mesh()
-    train = sources.get_split(config.data, config.data.train_split)
     split_name = config.eval.split or config.data.eval_split
     split = sources.get_split(config.data, split_name)
-    params, step = restore_params(config, workdir, mesh, len(train.labels))
+    variables, step = restore_variables(config, workdir, mesh)
     out_dir = epath.Path(workdir)
     chief = jax.process_index() == 0
     if mode == "predict":
-        logits, _, index = predict_split(config, params, split, mesh)
+        logits, _, index = predict_split(config, variables, split, mesh)
         if not chief:
             return {"num_examples": int(len(index))}
         probs = metrics.softmax(logits)
@@ -125,14 +132,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> 
         logging.info("Wrote %d predictions to %s", len(index), path)
         print(f"Wrote {len(index)} predictions to {path}")
         return {"path": str(path), "num_examples": int(len(index))}
-    result = evaluate_split(config, params, split, mesh)
+    result = evaluate_split(config, variables, split, mesh)
     result["step"] = step
     result["split"] = split_name
     if not chief:
         return result
     json_path = metrics.write_eval_json(out_dir / f"eval_{split_name}_{step}.json", result)
     png = out_dir / f"confusion_{split_name}_{step}.png"
-    visualize.confusion_matrix_figure(
+    figures.confusion_matrix_figure(
         np.asarray(result["confusion_matrix"]),
         list(split.class_names),
         png,

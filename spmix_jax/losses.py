@@ -1,4 +1,4 @@
-"""Training losses (SPEC section 8): GPaCo, its class prior, and the baseline losses.
+"""Training losses (docs/method.md section 8): GPaCo, its class prior, and the baseline losses.
 
 Every loss casts its inputs to float32 and returns a float32 scalar mean, so that a bfloat16
 forward pass still gets a float32 loss. Logits and log-priors may contain -inf (a class with no
@@ -9,7 +9,8 @@ than multiplying by masks, so such entries never turn into NaN values or NaN gra
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -165,8 +166,9 @@ def class_log_prior(
     """Log of the prior of the labels the loss sees, as a (C,) float32 numpy array.
 
     The mixed sample keeps the primary's label, so the prior follows the primary's sampler
-    (SPEC 2 and 8): `primary='instance'` -> n_c / N; `primary='balanced'` with sampling weights
-    n_c^-q -> proportional to n_c^(1-q) (uniform for q = 1). Using n_c / N with balanced labels
+    (docs/method.md sections 2 and 8): `primary='instance'` -> n_c / N; `primary='balanced'` with
+    sampling weights n_c^-q -> proportional to n_c^(1-q) (uniform for q = 1). Using n_c / N with
+    balanced labels
     would adjust twice and push predictions toward rare classes. A class with no training example
     is never drawn and gets prior 0 (log-prior -inf), which the losses handle.
     """
@@ -279,3 +281,80 @@ def supcon_loss(
     mean_log_p = jnp.sum(jnp.where(positives, log_p, 0.0), axis=1) / jnp.maximum(num_pos, 1)
     has_pos = num_pos > 0
     return -jnp.sum(jnp.where(has_pos, mean_log_p, 0.0)) / jnp.maximum(jnp.sum(has_pos), 1)
+
+
+# --- one loss per `loss.name`, chosen by the train step through `compute` ----------------------
+
+
+class LossInputs(NamedTuple):
+    """Everything a training loss may read, produced by the forward pass of one step."""
+
+    query: jax.Array  # (B, d) normalised query features q
+    keys: jax.Array  # (B, d) normalised key features k
+    logits: jax.Array  # (B, C) classifier logits of the query view
+    key_logits: jax.Array  # (B, C) classifier logits paired with the keys
+    labels: jax.Array  # (B,) the primary's labels
+    targets: jax.Array | None  # (B, C) soft targets when the mix mixes labels, else None
+    queue_features: jax.Array  # (K, d)
+    queue_labels: jax.Array  # (K,)
+    queue_valid: jax.Array  # (K,) bool
+
+
+def _gpaco(x: LossInputs, log_prior: jax.Array, cfg: Any) -> jax.Array:
+    return gpaco_loss(
+        jnp.concatenate([x.query, x.keys], axis=0),
+        jnp.concatenate([x.labels, x.labels], axis=0),
+        jnp.concatenate([x.logits, x.key_logits], axis=0),
+        x.queue_features,
+        x.queue_labels,
+        log_prior,
+        alpha=cfg.alpha,
+        beta=cfg.beta,
+        gamma=cfg.gamma,
+        temperature=cfg.temperature,
+        queue_mask=x.queue_valid,
+    )
+
+
+def _ce(x: LossInputs, log_prior: jax.Array, cfg: Any) -> jax.Array:
+    del log_prior, cfg
+    if x.targets is not None:
+        return soft_cross_entropy(x.logits, x.targets)
+    return cross_entropy(x.logits, x.labels)
+
+
+def _la_ce(x: LossInputs, log_prior: jax.Array, cfg: Any) -> jax.Array:
+    del cfg
+    if x.targets is not None:
+        return soft_cross_entropy(x.logits + log_prior, x.targets)
+    return logit_adjusted_cross_entropy(x.logits, x.labels, log_prior)
+
+
+def _supcon(x: LossInputs, log_prior: jax.Array, cfg: Any) -> jax.Array:
+    """The contrastive term over [q; k; queue] plus cross-entropy on the classifier."""
+    del log_prior
+    contrastive = supcon_loss(
+        jnp.concatenate([x.query, x.keys], axis=0),
+        jnp.concatenate([x.labels, x.labels], axis=0),
+        temperature=cfg.temperature,
+        queue_features=x.queue_features,
+        queue_labels=x.queue_labels,
+        queue_mask=x.queue_valid,
+    )
+    return contrastive + cross_entropy(x.logits, x.labels)
+
+
+# name -> (loss, whether it accepts the soft targets of label-mixing baselines).
+LOSSES: dict[str, tuple[Callable[[LossInputs, jax.Array, Any], jax.Array], bool]] = {
+    "gpaco": (_gpaco, False),
+    "ce": (_ce, True),
+    "la_ce": (_la_ce, True),
+    "supcon": (_supcon, False),
+}
+
+
+def compute(name: str, inputs: LossInputs, *, log_prior: jax.Array, cfg: Any) -> jax.Array:
+    """The training loss `loss.name` (docs/method.md section 8); `cfg` is `config.loss`."""
+    if name not in LOSSES:
+        raise ValueError(f"loss.name={name!r} is not one of {tuple(LOSSES)}.")
+    return LOSSES[name][0](inputs, log_prior, cfg)

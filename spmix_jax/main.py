@@ -38,24 +38,28 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     config = FLAGS.config
     workdir = FLAGS.workdir
-    from spmix_jax import evaluate, pair_figures, train
+    from spmix_jax import evaluate, train
 
     if FLAGS.mode == "train":
         finished = train.train_and_evaluate(config, workdir)
         if finished:
             evaluate.run(config, workdir, "eval")  # all processes: eval batches are sharded
             if jax.process_index() == 0 and config.mix.method == "spmix":
-                params = model = None
-                if config.saliency.method == "gradient":
-                    params, model = evaluate.restore_for_figures(config, workdir)
-                print(f"Wrote {pair_figures.make_pair_figure(config, workdir, params, model)}")
+                _pair_figure(config, workdir)
     elif FLAGS.mode in ("eval", "predict"):
         evaluate.run(config, workdir, FLAGS.mode)
     elif jax.process_index() == 0:
-        params = model = None
-        if config.saliency.method == "gradient":
-            params, model = evaluate.restore_for_figures(config, workdir)
-        print(f"Wrote {pair_figures.make_pair_figure(config, workdir, params, model)}")
+        _pair_figure(config, workdir)
+
+
+def _pair_figure(config, workdir: str) -> None:
+    """`pairs.png`; gradient saliency needs the trained model, static saliency does not."""
+    from spmix_jax import evaluate, figures
+
+    variables = model = None
+    if config.saliency.method == "gradient":
+        variables, model = evaluate.restore_for_figures(config, workdir)
+    print(f"Wrote {figures.make_pair_figure(config, workdir, variables, model)}")
 
 
 def run() -> None:

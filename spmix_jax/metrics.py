@@ -1,13 +1,12 @@
-"""Evaluation metrics (SPEC section 10) and the clu metric collection logged during training.
+"""Evaluation metrics on the host (docs/method.md section 10) and the printed report.
 
 The evaluation metrics run on the host in numpy over the whole held-out split: balanced accuracy
 (the ISIC 2018 challenge metric), macro F1, macro one-vs-rest ROC AUC, per-class precision /
 recall / F1, the confusion matrix and many / medium / few-shot accuracy. Every value in the
 returned dict is a plain Python number, string, list or None, so it can be written as strict JSON.
-
-This module deliberately has no `from __future__ import annotations`: clu metric collections are
-`flax.struct.dataclass`es that read their field annotations as classes at definition time.
 """
+
+from __future__ import annotations
 
 import json
 import os
@@ -15,11 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from clu import metrics as clu_metrics
 from etils import epath
-from flax import struct
 
 # --------------------------------------------------------------------------------------------
 # Host-side evaluation metrics.
@@ -104,7 +100,7 @@ def classification_metrics(
     few_threshold: int = 20,
     from_logits: bool = True,
 ) -> dict[str, Any]:
-    """All SPEC-10 metrics of one evaluation split as a JSON-serialisable dict.
+    """All docs/method.md section 10 metrics of one evaluation split as a JSON-serialisable dict.
 
     Args:
       probs_or_logits: (N, C) classifier logits (`from_logits=True`, softmax applied here) or
@@ -206,7 +202,7 @@ def _fmt(value: float | None, width: int) -> str:
 
 
 def classification_report(metrics: Mapping[str, Any]) -> str:
-    """A text table in the layout of sklearn's classification_report, plus the SPEC-10 summary.
+    """A text table laid out as sklearn's classification_report, plus the summary metrics.
 
     The macro row averages over the same classes as `macro_f1` (present in labels or
     predictions); the weighted row weights by support.
@@ -283,126 +279,3 @@ def write_eval_json(path: str | os.PathLike, metrics: Mapping[str, Any]) -> epat
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
     return out
-
-
-class EvalAccumulator:
-    """Collects masked logits and labels of padded eval batches on the host.
-
-    Evaluation batches are padded to a fixed size with a mask; rows whose mask is False are
-    dropped here, so the metrics see every real example exactly once. Arrays must be fully
-    addressable by this process (gather global arrays across hosts first).
-    """
-
-    def __init__(
-        self,
-        class_names: Sequence[str],
-        train_class_counts: Sequence[int],
-        *,
-        many_threshold: int = 100,
-        few_threshold: int = 20,
-        from_logits: bool = True,
-    ):
-        if len(class_names) != len(train_class_counts):
-            raise ValueError(
-                f"{len(class_names)} class_names but {len(train_class_counts)} train_class_counts"
-            )
-        shot_groups(train_class_counts, many_threshold, few_threshold)  # validates early
-        self.class_names = [str(x) for x in class_names]
-        self.train_class_counts = [int(x) for x in train_class_counts]
-        self.many_threshold = many_threshold
-        self.few_threshold = few_threshold
-        self.from_logits = from_logits
-        self._scores: list[np.ndarray] = []
-        self._labels: list[np.ndarray] = []
-
-    @property
-    def num_examples(self) -> int:
-        """Number of unmasked examples collected so far."""
-        return int(sum(x.shape[0] for x in self._labels))
-
-    def update(self, logits: Any, labels: Any, mask: Any | None = None) -> None:
-        """Adds one batch: logits (B, C), labels (B,), mask (B,) bool (None = all valid)."""
-        logits = np.asarray(jax.device_get(logits))
-        labels = np.asarray(jax.device_get(labels))
-        num_classes = len(self.class_names)
-        if logits.ndim != 2 or logits.shape[1] != num_classes:
-            raise ValueError(f"logits must have shape (B, {num_classes}), got {logits.shape}")
-        if labels.shape != (logits.shape[0],):
-            raise ValueError(f"labels must have shape ({logits.shape[0]},), got {labels.shape}")
-        if mask is not None:
-            mask = np.asarray(jax.device_get(mask))
-            if mask.shape != labels.shape:
-                raise ValueError(f"mask must have shape {labels.shape}, got {mask.shape}")
-            keep = mask.astype(bool)
-            logits, labels = logits[keep], labels[keep]
-        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(
-                f"unmasked labels must lie in [0, {num_classes}), got {np.unique(labels)}"
-            )
-        self._scores.append(logits.astype(np.float32))
-        self._labels.append(labels.astype(np.int64))
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """All collected (scores (N, C), labels (N,))."""
-        num_classes = len(self.class_names)
-        if not self._labels:
-            return np.zeros((0, num_classes), np.float32), np.zeros((0,), np.int64)
-        return np.concatenate(self._scores), np.concatenate(self._labels)
-
-    def result(self) -> dict[str, Any]:
-        """The classification_metrics dict over everything collected."""
-        scores, labels = self.arrays()
-        if labels.size == 0:
-            raise ValueError("EvalAccumulator holds no unmasked examples")
-        return classification_metrics(
-            scores,
-            labels,
-            self.class_names,
-            self.train_class_counts,
-            many_threshold=self.many_threshold,
-            few_threshold=self.few_threshold,
-            from_logits=self.from_logits,
-        )
-
-    def reset(self) -> None:
-        """Forgets everything collected."""
-        self._scores.clear()
-        self._labels.clear()
-
-
-# --------------------------------------------------------------------------------------------
-# Training metrics (device side, clu).
-# --------------------------------------------------------------------------------------------
-
-
-@struct.dataclass
-class Int32Accuracy(clu_metrics.Accuracy):
-    """clu's Accuracy, casting labels to int32 first (clu refuses any other integer dtype)."""
-
-    @classmethod
-    def from_model_output(cls, *, logits: jnp.ndarray, labels: jnp.ndarray, **kwargs):
-        return super().from_model_output(
-            logits=logits, labels=jnp.asarray(labels).astype(jnp.int32), **kwargs
-        )
-
-
-@struct.dataclass
-class TrainMetrics(clu_metrics.Collection):
-    """Metrics of the training loop; build per step with `single_from_model_output` inside jit.
-
-    Inputs per step: loss (scalar), logits (B, C) of the query view, labels (B,) (the primary's
-    labels), mix_ratio_mean (scalar mean of the per-patch ratios), learning_rate (scalar).
-    `merge` over steps averages loss and mix_ratio_mean per step, accuracy per example, and keeps
-    the last learning rate.
-    """
-
-    loss: clu_metrics.Average.from_output("loss")
-    accuracy: Int32Accuracy
-    mix_ratio_mean: clu_metrics.Average.from_output("mix_ratio_mean")
-    learning_rate: clu_metrics.LastValue.from_output("learning_rate")
-
-
-def to_host(collection: clu_metrics.Collection) -> dict[str, float]:
-    """Computes a metric collection and returns plain floats (for writers and logs)."""
-    values = jax.device_get(collection.compute())
-    return {name: float(np.asarray(v)) for name, v in values.items()}

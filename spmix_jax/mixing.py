@@ -1,9 +1,12 @@
-"""SPMix per-patch mixing ratios and token mixing (SPEC 5-6), pixel-level baselines (SPEC 11).
+"""SPMix per-patch ratios and token mixing (docs/method.md sections 5-6), pixel baselines (11).
 
 All functions are pure, batched and jittable.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +44,7 @@ def patch_scores(
     noise: float = 0.0,
     rng: jax.Array | None = None,
 ) -> jax.Array:
-    """Steps 1-3 of SPEC 5 for one image: patch means, noise, min-max, map to [r_min, 1]."""
+    """Steps 1-3 of docs/method.md section 5: patch means, noise, min-max, map to [r_min, 1]."""
     s = patch_means(saliency, patch_size)
     if noise > 0:
         if rng is None:
@@ -105,7 +108,7 @@ def mix_tokens(
     return r * tokens_primary + (1 - r) * tokens_secondary
 
 
-# --- pixel-level baselines (SPEC 11) --------------------------------------------------------
+# --- pixel-level baselines (docs/method.md section 11) ---------------------------------------
 # Each returns (mixed images, lam) where lam is the share of the *first* image's label, so the
 # soft target is lam * onehot(y1) + (1 - lam) * onehot(y2).
 
@@ -178,13 +181,83 @@ def saliencymix(rng: jax.Array, x1: jax.Array, x2: jax.Array, sal2: jax.Array, a
     return mixed, 1.0 - mask.mean(axis=(1, 2))
 
 
-def render_ratio_map(ratios: jax.Array, image_size: int, patch_size: int) -> jax.Array:
-    """(B, P) -> (B, H, W): each patch's ratio painted over its pixels (for figures)."""
-    b, p = ratios.shape
-    g = image_size // patch_size
-    if g * g != p:
-        raise ValueError(f"{p} ratios do not form a {g}x{g} grid.")
-    grid = ratios.reshape(b, g, 1, g, 1)
-    return jnp.broadcast_to(grid, (b, g, patch_size, g, patch_size)).reshape(
-        b, image_size, image_size
+# --- one mixer per `mix.method`, chosen once by the train step ---------------------------------
+
+
+class MixedView(NamedTuple):
+    """What the encoder sees for one view of a batch of pairs, and the label share it carries.
+
+    SPMix embeds `images` (the primary view) and `partner` (the secondary view) and mixes their
+    tokens with `ratios`; pixel baselines and no mixing give the finished images and no partner.
+    """
+
+    images: jax.Array  # (B, H, W, 3) normalised
+    partner: jax.Array | None  # (B, H, W, 3) SPMix's secondary view, or None
+    ratios: jax.Array | None  # (B, P) SPMix's per-patch share of the primary, or None
+    label_share: jax.Array | None  # (B,) share of the primary's label for soft targets, or None
+    share_mean: jax.Array  # () mean share of the primary (logged as `mix_ratio_mean`)
+
+
+Mixer = Callable[..., MixedView]
+
+
+def _spmix(rng, primary, secondary, sal_primary, sal_secondary, *, cfg: Any, patch_size: int):
+    r = patch_ratios(
+        sal_primary,
+        sal_secondary,
+        patch_size=patch_size,
+        alpha=cfg.alpha,
+        r_min=cfg.r_min,
+        noise=cfg.noise,
+        rng=rng,
+        mode=cfg.ratio,
     )
+    return MixedView(primary, secondary, r, None, r.mean())
+
+
+def _no_mix(rng, primary, secondary, sal_primary, sal_secondary, *, cfg: Any, patch_size: int):
+    del rng, secondary, sal_primary, sal_secondary, cfg, patch_size
+    return MixedView(primary, None, None, None, jnp.ones((), jnp.float32))
+
+
+def _pixel(mixed: jax.Array, lam: jax.Array) -> MixedView:
+    return MixedView(mixed, None, None, lam, lam.mean())
+
+
+def _mixup(rng, primary, secondary, sal_primary, sal_secondary, *, cfg: Any, patch_size: int):
+    return _pixel(*mixup(rng, primary, secondary, cfg.beta_a))
+
+
+def _cutmix(rng, primary, secondary, sal_primary, sal_secondary, *, cfg: Any, patch_size: int):
+    return _pixel(*cutmix(rng, primary, secondary, cfg.beta_a))
+
+
+def _saliencymix(rng, primary, secondary, sal_primary, sal_secondary, *, cfg: Any, patch_size):
+    return _pixel(*saliencymix(rng, primary, secondary, sal_secondary, cfg.beta_a))
+
+
+def _balanced_mixup(rng, primary, secondary, sal_primary, sal_secondary, *, cfg: Any, patch_size):
+    # lam ~ Beta(a, 1) weights the instance-sampled image of the pair.
+    if cfg.primary == "instance":
+        return _pixel(*balanced_mixup(rng, primary, secondary, cfg.beta_a))
+    mixed, lam_instance = balanced_mixup(rng, secondary, primary, cfg.beta_a)
+    return _pixel(mixed, 1.0 - lam_instance)
+
+
+# name -> (mixer, whether it reads saliency maps). The config checks and the README use these names.
+MIXERS: dict[str, tuple[Mixer, bool]] = {
+    "spmix": (_spmix, True),
+    "none": (_no_mix, False),
+    "mixup": (_mixup, False),
+    "cutmix": (_cutmix, False),
+    "balanced_mixup": (_balanced_mixup, False),
+    "saliencymix": (_saliencymix, True),
+}
+LABEL_MIXING = tuple(name for name in MIXERS if name not in ("spmix", "none"))
+
+
+def get(method: str) -> tuple[Mixer, bool]:
+    """(mixer, uses_saliency) for `mix.method`."""
+    if method not in MIXERS:
+        raise ValueError(f"mix.method={method!r} is not one of {tuple(MIXERS)}.")
+    return MIXERS[method]

@@ -1,4 +1,4 @@
-"""FIFO queue of key features and labels for the contrastive loss (SPEC 7), as pure functions.
+"""FIFO queue of key features and labels for the contrastive loss (docs/method.md section 7).
 
 The queue is a NamedTuple of arrays, so it sits inside the train state as ordinary pytree leaves,
 is donated and sharded with it, and is checkpointed like any other array. The `valid` mask is

@@ -1,4 +1,4 @@
-"""Saliency maps for SPMix (SPEC section 4), computed on device inside the jitted step.
+"""Saliency maps for SPMix (docs/method.md section 4), computed on device inside the jitted step.
 
 Three sources, all batched, jittable and pure `jax.numpy`:
 
@@ -290,7 +290,9 @@ def gradient(
     *,
     score: str = "label",
 ) -> jax.Array:
-    """Input-gradient saliency (SPEC 4): |d score / d image|, max over colour, per-image min-max.
+    """Input-gradient saliency (docs/method.md section 4): |d score / d image|, max over colour.
+
+    Each map is min-max normalised per image.
 
     Args:
       score_fn: images -> logits (B, C); close over the (key-encoder) parameters.

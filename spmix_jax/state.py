@@ -1,19 +1,26 @@
-"""Train state, model and optimizer construction; the state is created shape-first, born sharded."""
+"""The train state: what it holds, how it is initialised, and its sharded layout.
+
+The state is created shape-first (`jax.eval_shape`) and born sharded (`jax.jit(out_shardings=)`),
+so no host ever holds a full unsharded copy; restoring a checkpoint targets the same layout.
+`train.py` spells these steps out next to its loop; `create` is the same recipe in one call for
+evaluation, figures, benchmarks and tests.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from spmix_jax import key_encoder, sharding
 from spmix_jax import queue as queue_lib
-from spmix_jax import sharding
-from spmix_jax.models import SPMixNet
 
 
 @flax.struct.dataclass
@@ -29,88 +36,24 @@ class TrainState:
     queue: queue_lib.KeyQueue
 
 
-def compute_dtype(config: ml_collections.ConfigDict) -> Any:
-    names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-    if config.model.dtype not in names:
-        raise ValueError(f"model.dtype must be one of {sorted(names)}, got {config.model.dtype!r}")
-    return names[config.model.dtype]
-
-
-def make_model(config: ml_collections.ConfigDict) -> SPMixNet:
-    return SPMixNet(
-        num_classes=config.data.num_classes,
-        variant=config.model.variant,
-        image_size=config.model.image_size,
-        proj_hidden=config.model.proj_hidden,
-        proj_dim=config.model.proj_dim,
-        bn_group_size=config.model.bn_group_size,
-        dtype=compute_dtype(config),
-    )
-
-
-def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
-    return max(1, num_train // config.input.batch_size)
-
-
-def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
-    if config.optim.total_steps > 0:
-        return int(config.optim.total_steps)
-    return max(1, int(round(config.optim.epochs * steps_per_epoch(config, num_train))))
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict, num_train: int) -> optax.Schedule:
-    """Linear warmup then cosine to 0; peak lr = base_lr * batch / base_batch (linear scaling)."""
-    peak = config.optim.base_lr * config.input.batch_size / config.optim.base_batch
-    total = total_steps(config, num_train)
-    warmup = int(round(config.optim.warmup_epochs * steps_per_epoch(config, num_train)))
-    warmup = min(warmup, total - 1) if total > 1 else 0
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=total, end_value=0.0
-    )
-
-
-def _decay_mask(params: Any) -> Any:
-    """Weight decay on matrices and kernels only (not biases, norms, CLS or position tokens)."""
-
-    def keep(path, leaf) -> bool:
-        names = {getattr(p, "key", str(p)) for p in path}
-        return leaf.ndim > 1 and not names & {"cls", "pos_embedding"}
-
-    return jax.tree_util.tree_map_with_path(keep, params)
-
-
-def make_optimizer(
-    config: ml_collections.ConfigDict, num_train: int
-) -> optax.GradientTransformation:
-    parts = []
-    if config.optim.grad_clip > 0:
-        parts.append(optax.clip_by_global_norm(config.optim.grad_clip))
-    parts.append(
-        optax.adamw(
-            learning_rate_schedule(config, num_train),
-            weight_decay=config.optim.weight_decay,
-            mask=_decay_mask,
-        )
-    )
-    return optax.chain(*parts)
-
-
-def _init_fn(config: ml_collections.ConfigDict, model: SPMixNet, tx: optax.GradientTransformation):
+def initializer(
+    config: ml_collections.ConfigDict, model: flax.linen.Module, tx: optax.GradientTransformation
+) -> Callable[[jax.Array], TrainState]:
+    """rng -> a fresh TrainState (random weights, random or empty queue); jit it to place it."""
     size = config.model.image_size
+    own_keys = key_encoder.has_own_parameters(config.model.key_encoder)
 
     def init(rng: jax.Array) -> TrainState:
         model_rng, queue_rng = jax.random.split(rng)
-        dummy = jnp.zeros((2, size, size, 3), jnp.float32)
-        variables = model.init(model_rng, dummy, train=True)
+        variables = model.init(model_rng, jnp.zeros((2, size, size, 3), jnp.float32), train=True)
         params, batch_stats = variables["params"], variables["batch_stats"]
-        ema = config.model.key_encoder == "ema"
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             batch_stats=batch_stats,
             opt_state=tx.init(params),
-            key_params=jax.tree.map(jnp.copy, params) if ema else None,
-            key_batch_stats=jax.tree.map(jnp.copy, batch_stats) if ema else None,
+            key_params=jax.tree.map(jnp.copy, params) if own_keys else None,
+            key_batch_stats=jax.tree.map(jnp.copy, batch_stats) if own_keys else None,
             queue=queue_lib.init_queue(
                 queue_rng,
                 config.loss.queue_size,
@@ -123,30 +66,56 @@ def _init_fn(config: ml_collections.ConfigDict, model: SPMixNet, tx: optax.Gradi
     return init
 
 
-def state_shardings(abstract_state: TrainState, mesh: Mesh) -> Any:
+def shardings(state_shape: TrainState, mesh: Mesh) -> Any:
     """Data parallel: every state leaf is replicated (room for an 'fsdp' axis later)."""
-    return jax.tree.map(lambda _: sharding.replicated(mesh), abstract_state)
+    return jax.tree.map(lambda _: sharding.replicated(mesh), state_shape)
 
 
-def abstract_train_state(
-    config: ml_collections.ConfigDict, model: SPMixNet, tx: optax.GradientTransformation, mesh: Mesh
-) -> TrainState:
-    """Shapes, dtypes and target shardings of the state, without allocating it (for restore)."""
-    shapes = jax.eval_shape(_init_fn(config, model, tx), jax.random.PRNGKey(0))
-    shards = state_shardings(shapes, mesh)
+def with_shardings(state_shape: TrainState, state_shardings: Any) -> TrainState:
+    """ShapeDtypeStructs carrying the target shardings: the restore target of a checkpoint."""
     return jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shards
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        state_shape,
+        state_shardings,
     )
 
 
-def create_train_state(
+def load_pretrained(
+    config: ml_collections.ConfigDict, state: TrainState, state_shardings: Any
+) -> TrainState:
+    """Replaces the initial weights with `model.init_from`'s; the key encoder starts as a copy."""
+    if not config.model.init_from:
+        return state
+    from spmix_jax import pretrained  # only needed for pretrained starts
+
+    host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    loaded = pretrained.load_into(config, host)
+    own_keys = key_encoder.has_own_parameters(config.model.key_encoder)
+    copy = lambda tree: jax.tree.map(np.array, tree)  # noqa: E731
+    new = state.replace(
+        params=loaded["params"],
+        batch_stats=loaded["batch_stats"],
+        key_params=copy(loaded["params"]) if own_keys else None,
+        key_batch_stats=copy(loaded["batch_stats"]) if own_keys else None,
+    )
+    return jax.device_put(new, state_shardings)
+
+
+def create(
     config: ml_collections.ConfigDict,
-    model: SPMixNet,
+    model: flax.linen.Module,
     tx: optax.GradientTransformation,
     mesh: Mesh,
-    rng: jax.Array,
+    rng: jax.Array | None = None,
 ) -> TrainState:
-    """Initialises the state directly in its sharded layout (no host copy of the full model)."""
-    init = _init_fn(config, model, tx)
-    shards = state_shardings(jax.eval_shape(init, rng), mesh)
-    return jax.jit(init, out_shardings=shards)(rng)
+    """The state in its sharded layout: initialised from `rng`, or abstract when `rng` is None.
+
+    The abstract form (ShapeDtypeStructs with shardings) is what checkpoints restore into.
+    """
+    init = initializer(config, model, tx)
+    state_shape = jax.eval_shape(init, jax.random.PRNGKey(0))
+    state_shardings = shardings(state_shape, mesh)
+    if rng is None:
+        return with_shardings(state_shape, state_shardings)
+    state = jax.jit(init, out_shardings=state_shardings)(rng)
+    return load_pretrained(config, state, state_shardings)

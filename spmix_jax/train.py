@@ -6,11 +6,14 @@ data iterator together), so a killed run continues with the batches it would hav
 
 from __future__ import annotations
 
+import functools
 import time
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
@@ -18,9 +21,11 @@ from jax.experimental import multihost_utils
 from PIL import Image
 
 from input_pipeline import pipeline, sources
-from spmix_jax import checkpointing, evaluate, metrics, sharding, visualize
+from spmix_jax import checkpointing, evaluate, figures, losses, optimizer, sharding
+from spmix_jax import state as state_lib
 from spmix_jax import step as step_lib
 from spmix_jax.config_checks import check_config
+from spmix_jax.models import make_model
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -46,7 +51,7 @@ def _write_confusion(writer, workdir: epath.Path, step: int, result: dict, names
     """Confusion matrix of a periodic evaluation, as a PNG in the workdir and in TensorBoard."""
     path = workdir / "figures" / f"confusion_validation_{step}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    visualize.confusion_matrix_figure(
+    figures.confusion_matrix_figure(
         np.asarray(result["confusion_matrix"]),
         list(names),
         path,
@@ -55,6 +60,36 @@ def _write_confusion(writer, workdir: epath.Path, step: int, result: dict, names
     with path.open("rb") as f:
         image = np.asarray(Image.open(f).convert("RGB"))
     writer.write_images(step, {"val/confusion_matrix": image[None]})
+
+
+def jit_train_step(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    tx: optax.GradientTransformation,
+    log_prior: np.ndarray,
+    num_train: int,
+    state_shardings: Any,
+    mesh: jax.sharding.Mesh,
+) -> Any:
+    """`step.train_step` bound to its static arguments and jitted.
+
+    The state is donated (updated in place) and keeps its layout; batches are sharded over the
+    data axis of `mesh`. Metrics come back replicated.
+    """
+    step_fn = functools.partial(
+        step_lib.train_step,
+        config=config,
+        model=model,
+        tx=tx,
+        log_prior=log_prior,
+        num_train=num_train,
+    )
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, sharding.data_sharding(mesh)),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
@@ -90,18 +125,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
     )
     logging.info("Train: %d examples, class counts %s", num_train, train_split.class_counts)
 
-    # --- Model, optimizer, state (shape-first, born sharded), jitted steps ----------------------
-    setup = step_lib.build(config, train_split.class_counts, num_train)
-    mesh, num_steps, train_step = setup.mesh, setup.num_steps, setup.train_step
+    # --- Model, optimizer and the state: shape first, then born sharded or restored ------------
+    mesh = sharding.make_mesh()
+    model = make_model(config)
+    tx = optimizer.make_optimizer(config, num_train)
+    num_steps = optimizer.total_steps(config, num_train)
+    init = state_lib.initializer(config, model, tx)
+    state_shape = jax.eval_shape(init, jax.random.PRNGKey(0))
+    state_shardings = state_lib.shardings(state_shape, mesh)
     ckpt = checkpointing.latest_manager(workdir, config.train.keep_checkpoints)
     best_ckpt = checkpointing.best_manager(workdir)
     if ckpt.latest_step() is not None:
         start = int(ckpt.latest_step())
         logging.info("Resuming from step %d in %s", start, workdir)
-        state = checkpointing.restore(ckpt, start, setup.abstract_state, train_iter)
+        abstract = state_lib.with_shardings(state_shape, state_shardings)
+        state = checkpointing.restore(ckpt, start, abstract, train_iter)
     else:
         start = 0
-        state = setup.init_state(config)
+        state = jax.jit(init, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
+        state = state_lib.load_pretrained(config, state, state_shardings)
+
+    # --- The jitted steps: the state is donated, batches are sharded over the data axis -------
+    log_prior = losses.class_log_prior(
+        train_split.class_counts, primary=config.mix.primary, balanced_q=config.input.balanced_q
+    )
+    train_step = jit_train_step(config, model, tx, log_prior, num_train, state_shardings, mesh)
+    eval_step = jax.jit(functools.partial(step_lib.eval_logits, config=config, model=model))
 
     # --- Loop ---------------------------------------------------------------------------------
     # TensorBoard on the chief only; the console gets the progress lines printed below.
@@ -136,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
         do_eval = step % eval_every == 0 or step == num_steps
         do_ckpt = step % ckpt_every == 0 or is_last
         if step % log_every == 0 or is_last or do_eval or do_ckpt:
-            values = metrics.to_host(acc)
+            values = step_lib.metrics_to_host(acc)
             acc = None
             if not np.isfinite(values["loss"]):
                 raise NonFiniteLossError(
@@ -156,9 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
                 flush=True,
             )
         if do_eval:
-            last_eval = evaluate.evaluate_split(
-                config, state.params, eval_split, mesh, setup.eval_step
-            )
+            variables = {"params": state.params, "batch_stats": state.batch_stats}
+            last_eval = evaluate.evaluate_split(config, variables, eval_split, mesh, eval_step)
             scalars = {
                 f"val/{k}": last_eval[k]
                 for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro")

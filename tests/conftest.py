@@ -30,3 +30,21 @@ def ham10000_dir() -> pathlib.Path:
     if not (HAM10000_DIR / "labels.csv").exists():
         pytest.skip(f"HAM10000 subset not found at {HAM10000_DIR} (set SPMIX_HAM10000_DIR)")
     return HAM10000_DIR
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        help="also run the tests marked slow (end-to-end subprocess runs); CI always does",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The default tier leaves out the slow tests; `--run-slow` runs everything."""
+    if config.getoption("--run-slow"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]

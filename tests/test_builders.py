@@ -23,9 +23,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from input_pipeline import build, csv_layout
-from input_pipeline.builders import base, isic2018
-from input_pipeline.csv_layout import DataError
+from input_pipeline import build
+from input_pipeline.builders import csv_layout, image_files, isic2018, splitting
+from input_pipeline.builders.csv_layout import DataError
 
 CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -206,9 +206,9 @@ def test_grouped_split_pure():
     labels = rng.integers(0, 3, 400)
     groups = [f"L{i // 3}" for i in range(400)]  # lesions of 3 images
     labels = np.asarray([labels[(i // 3) * 3] for i in range(400)])  # one label per lesion
-    a = base.grouped_split(labels, groups, (0.6, 0.2, 0.2), seed=1)
+    a = splitting.grouped_split(labels, groups, (0.6, 0.2, 0.2), seed=1)
     perm = rng.permutation(400)
-    b = base.grouped_split(labels[perm], [groups[i] for i in perm], (0.6, 0.2, 0.2), seed=1)
+    b = splitting.grouped_split(labels[perm], [groups[i] for i in perm], (0.6, 0.2, 0.2), seed=1)
     np.testing.assert_array_equal(a[perm], b)  # independent of input order
     for g in set(groups):
         assert len({a[i] for i in range(400) if groups[i] == g}) == 1
@@ -217,10 +217,10 @@ def test_grouped_split_pure():
         for s, frac in enumerate((0.6, 0.2, 0.2)):
             assert abs(np.sum((labels == k) & (a == s)) - frac * n) <= 3
     # a class with one lesion lands in train
-    single = base.grouped_split([0, 0, 1], ["x", "x", "y"], (0.1, 0.9), seed=0)
+    single = splitting.grouped_split([0, 0, 1], ["x", "x", "y"], (0.1, 0.9), seed=0)
     np.testing.assert_array_equal(single, [0, 0, 0])
     with pytest.raises(ValueError, match="fractions"):
-        base.grouped_split([0], ["x"], (0.0, 1.0), seed=0)
+        splitting.grouped_split([0], ["x"], (0.0, 1.0), seed=0)
 
 
 def test_folder_csv_short_side_and_label_layout(ham10000_dir, tmp_path):
@@ -353,7 +353,7 @@ def test_image_problems(ham10000_dir, tmp_path):
     (folder / "twice.jpg").write_bytes(good)
     (folder / "sub" / "twice.png").write_bytes(good)
     (folder / "._ok.jpg").write_bytes(b"\0\5\0\0")  # macOS metadata: not an image
-    index = base.index_images(folder)
+    index = image_files.index_images(folder)
     assert sorted(index.refs) == ["empty", "garbage", "ok", "truncated"]
     assert index.duplicates == {"twice"}
     assert index.problems[0].kind == "duplicate_id" and "twice.png" in str(index.problems[0])
@@ -364,10 +364,10 @@ def test_image_problems(ham10000_dir, tmp_path):
             for n in ("ok", "truncated", "garbage", "empty", "twice", "absent")
         )
     )
-    items, problems = base.match_rows(rows, index)
+    items, problems = image_files.match_rows(rows, index)
     assert [(p.kind, p.line, p.image_id) for p in problems] == [("missing_image", 7, "absent")]
     assert "expected absent{.jpg" in problems[0].message and str(folder) in problems[0].message
-    good_items, bad = base.check_images(items)
+    good_items, bad = image_files.check_images(items)
     assert [it.image_id for it in good_items] == ["ok"]
     assert [(p.kind, p.line) for p in bad] == [
         ("corrupt_image", 3),
@@ -377,19 +377,19 @@ def test_image_problems(ham10000_dir, tmp_path):
     assert "truncated.jpg" in str(bad[0]) and "labels.csv, line 3" in str(bad[0])
     assert "truncated" in bad[0].message  # PIL's reason is kept
     with pytest.raises(ValueError, match="empty"):
-        base.inspect_image(b"")
+        image_files.inspect_image(b"")
     # grayscale PNG is converted to RGB on storage; RGB JPEG kept as is
     buf = io.BytesIO()
     Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4)).save(buf, format="PNG")
-    stored, changed = base.prepare_image(buf.getvalue())
+    stored, changed = image_files.prepare_image(buf.getvalue())
     assert changed and Image.open(io.BytesIO(stored)).mode == "RGB"
     np.testing.assert_array_equal(
         np.asarray(Image.open(io.BytesIO(stored)))[..., 1], np.arange(12).reshape(3, 4)
     )
-    assert base.prepare_image(good) == (good, False)
-    assert base.prepare_image(good, short_side=150) == (good, False)  # no upscaling / no-op
-    assert base.short_side_size(200, 150, 100) == (133, 100)
-    assert base.short_side_size(450, 600, 256) == (256, 341)
+    assert image_files.prepare_image(good) == (good, False)
+    assert image_files.prepare_image(good, short_side=150) == (good, False)  # no upscaling / no-op
+    assert image_files.short_side_size(200, 150, 100) == (133, 100)
+    assert image_files.short_side_size(450, 600, 256) == (256, 341)
 
 
 def make_bad_source(ham_dir, dest: pathlib.Path) -> pathlib.Path:
@@ -575,13 +575,15 @@ def test_isic2018_released_split(isic_manual, ham10000_dir, tmp_path):
     assert read_split(path, "test")[0] == sorted(expected["test"])
     # the hold-out is the pure function's choice: seeded, order-independent
     pooled_labels = [labels[i] for i in pooled]
-    mask = base.holdout_per_class(pooled_labels, pooled, 2, 1, CLASSES)
+    mask = splitting.holdout_per_class(pooled_labels, pooled, 2, 1, CLASSES)
     assert sorted(np.asarray(pooled)[mask]) == val_ids
-    rev = base.holdout_per_class(pooled_labels[::-1], pooled[::-1], 2, 1, CLASSES)
+    rev = splitting.holdout_per_class(pooled_labels[::-1], pooled[::-1], 2, 1, CLASSES)
     np.testing.assert_array_equal(rev, mask[::-1])
-    assert not np.array_equal(base.holdout_per_class(pooled_labels, pooled, 2, 2, CLASSES), mask)
+    assert not np.array_equal(
+        splitting.holdout_per_class(pooled_labels, pooled, 2, 2, CLASSES), mask
+    )
     with pytest.raises(DataError, match="class MEL has"):
-        base.holdout_per_class(pooled_labels, pooled, 50, 0, CLASSES)
+        splitting.holdout_per_class(pooled_labels, pooled, 50, 0, CLASSES)
 
 
 def test_isic2018_config_names():

@@ -3,7 +3,7 @@
 import pytest
 
 from configs import common, tiny
-from spmix_jax.config_checks import check_config
+from spmix_jax.config_checks import check_augment, check_config
 
 
 def test_tiny_config_is_valid():
@@ -47,3 +47,34 @@ def test_parse_arg_types_and_unknown_keys():
     assert (a.steps, a.variant, a.full, a.lr) == (3, "B/16", True, 0.5)
     with pytest.raises(ValueError, match="Unknown config argument"):
         common.parse_arg("nope=1", steps=1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("scale", (1.0, 0.08), r"augment.scale must be \(low, high\)"),
+        ("ratio", (0.0, 1.0), "augment.ratio must be positive"),
+        ("blur_sigma", (0.0, 2.0), "augment.blur_sigma must be positive"),
+        ("color_jitter", (0.4, -0.1, 0.4, 0.0), "4 non-negative values"),
+        ("color_jitter", (0.4, 0.4, 0.4), "4 non-negative values"),
+        ("color_jitter", (0.4, 0.4, 0.4, 0.1), "hue must be 0"),
+        ("randaugment_n", -1, "randaugment_n must be >= 0"),
+        ("std", (0.2, 0.0, 0.2), "augment.std must be positive"),
+        ("std", (0.2, 0.2), r"augment.std must have 3 values \(RGB\)"),
+        ("mean", (0.5, 0.5), r"augment.mean must have 3 values \(RGB\)"),
+        ("grayscale_p", 1.5, "augment.grayscale_p must be a probability"),
+        ("blur_p", -0.1, "augment.blur_p must be a probability"),
+        ("eval_resize_ratio", 0.9, "augment.eval_resize_ratio must be >= 1"),
+    ],
+)
+def test_augment_refusals_name_the_field(field, value, message):
+    config = tiny.get_config()
+    config.augment[field] = value
+    with pytest.raises(ValueError, match=message):
+        check_augment(config.augment)
+    with pytest.raises(ValueError, match=message):
+        check_config(config)
+
+
+def test_default_augment_settings_are_valid():
+    check_augment(common.base_config().augment)

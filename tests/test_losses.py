@@ -1,4 +1,4 @@
-"""Losses against plain float64 numpy references written from SPEC 8 and hand-worked cases."""
+"""Losses vs float64 numpy references written from docs/method.md section 8, and hand cases."""
 
 import math
 

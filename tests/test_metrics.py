@@ -2,8 +2,6 @@
 
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -214,64 +212,3 @@ def test_classification_report_text():
     assert f"{527 / 720:.4f}" in next(line for line in lines if line.startswith("macro AUC"))
     with pytest.raises(ValueError, match="per_class"):
         metrics.classification_report({"accuracy": 1.0})
-
-
-def test_accumulator_drops_masked_rows():
-    rng = np.random.default_rng(3)
-    acc = metrics.EvalAccumulator(NAMES, [500, 50, 5])
-    kept_logits, kept_labels = [], []
-    for batch in range(3):
-        logits = rng.normal(size=(8, 3)).astype(np.float32)
-        labels = rng.integers(0, 3, size=8)
-        mask = np.ones(8, bool)
-        mask[5 + batch :] = False  # padded tail of each batch
-        labels[~mask] = -1  # padding carries invalid labels, which must be ignored
-        logits[~mask] = 100.0
-        acc.update(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask))
-        kept_logits.append(logits[mask])
-        kept_labels.append(labels[mask])
-    acc.update(np.zeros((4, 3)), np.full(4, -1), np.zeros(4, bool))  # an all-padding batch
-    assert acc.num_examples == 5 + 6 + 7
-    expected = metrics.classification_metrics(
-        np.concatenate(kept_logits), np.concatenate(kept_labels), NAMES, [500, 50, 5]
-    )
-    assert acc.result() == expected
-    acc.reset()
-    with pytest.raises(ValueError, match="no unmasked"):
-        acc.result()
-    with pytest.raises(ValueError, match="unmasked labels"):
-        acc.update(np.zeros((2, 3)), np.array([0, -1]))
-    with pytest.raises(ValueError, match="mask"):
-        acc.update(np.zeros((2, 3)), np.array([0, 1]), np.ones(3, bool))
-
-
-def test_train_metrics_merge_under_jit():
-    rng = np.random.default_rng(4)
-    steps = []
-    for _ in range(3):
-        steps.append(
-            dict(
-                loss=np.float32(rng.uniform(0, 3)),
-                logits=rng.normal(size=(8, 4)).astype(np.float32),
-                labels=rng.integers(0, 4, size=8),  # int64 on the host; cast to int32 inside
-                mix_ratio_mean=np.float32(rng.uniform(0.5, 0.8)),
-                learning_rate=np.float32(rng.uniform(1e-6, 1e-4)),
-            )
-        )
-
-    @jax.jit
-    def update(collection, batch):
-        return collection.merge(metrics.TrainMetrics.single_from_model_output(**batch))
-
-    collection = metrics.TrainMetrics.empty()
-    for batch in steps:
-        collection = update(collection, batch)
-    values = metrics.to_host(collection)
-    correct = np.concatenate([s["logits"].argmax(1) == s["labels"] for s in steps])
-    assert values["loss"] == pytest.approx(np.mean([s["loss"] for s in steps]), rel=1e-6)
-    assert values["accuracy"] == pytest.approx(correct.mean(), rel=1e-6)
-    assert values["mix_ratio_mean"] == pytest.approx(
-        np.mean([s["mix_ratio_mean"] for s in steps]), rel=1e-6
-    )
-    assert values["learning_rate"] == pytest.approx(float(steps[-1]["learning_rate"]), rel=1e-6)
-    assert set(values) == {"loss", "accuracy", "mix_ratio_mean", "learning_rate"}

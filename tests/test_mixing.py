@@ -1,4 +1,4 @@
-"""patch_ratios, mix_tokens and baselines vs a plain numpy reading of SPEC 5-6 and hand cases."""
+"""patch_ratios, mix_tokens, baselines vs plain numpy of docs/method.md sections 5-6, hand cases."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ from spmix_jax import mixing
 
 
 def ref_patch_ratios(sal_t, sal_h, patch, alpha=0.8, r_min=0.5, noise_t=None, noise_h=None):
-    """SPEC 5 written with loops, float64."""
+    """docs/method.md section 5 written with loops, float64."""
     b, h, w = sal_t.shape
     g_h, g_w = h // patch, w // patch
     out = np.zeros((b, g_h * g_w))
@@ -146,9 +146,3 @@ def test_mixup_family_and_soft_targets():
     np.testing.assert_allclose(np.asarray(mixed[:, 0, 0, 0]), 1 - np.asarray(lam), atol=1e-6)
     t = mixing.soft_targets(jnp.array([0, 1]), jnp.array([2, 1]), jnp.array([0.3, 0.6]), 3)
     np.testing.assert_allclose(np.asarray(t), [[0.3, 0, 0.7], [0, 1, 0]], atol=1e-6)
-
-
-def test_render_ratio_map():
-    r = jnp.array([[0.5, 0.6, 0.7, 0.8]])
-    m = np.asarray(mixing.render_ratio_map(r, 4, 2))
-    np.testing.assert_allclose(m[0], [[0.5, 0.5, 0.6, 0.6]] * 2 + [[0.7, 0.7, 0.8, 0.8]] * 2)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spmix_jax.models import SPMixNet, ViT, decode_variant
-from spmix_jax.models.heads import GroupBatchNorm
+from spmix_jax.models.spmix_net import GroupBatchNorm
 
 
 def _ln(x, scale, bias, eps=1e-6):
@@ -115,9 +115,19 @@ def test_spmixnet_heads_shapes_norms_and_bf16():
     # Projector: all Dense layers without bias; final BN without scale/bias.
     proj = variables["params"]["projector"]
     assert "bias" not in proj["fc0"] and "bn2" not in proj
-    tokens = net.apply(variables, images, method=SPMixNet.embed)
-    out, _ = net.apply(variables, tokens, True, method=SPMixNet.query, mutable=["batch_stats"])
+    out, _ = net.apply(variables, images, True, method=SPMixNet.query, mutable=["batch_stats"])
     assert out["logits"].shape == (4, 7) and out["features"].shape == (4, 8)
+    # With a partner, the tokens are mixed per patch before the encoder: T = r Ep + (1 - r) Es.
+    partner = images[::-1]
+    ratios = jax.random.uniform(jax.random.PRNGKey(3), (4, 4), minval=0.5, maxval=0.8)
+    mixed, _ = net.apply(
+        variables, images, True, partner, ratios, method=SPMixNet.query, mutable=["batch_stats"]
+    )
+    e_p = np.asarray(net.apply(variables, images, method=SPMixNet.embed))
+    e_s = np.asarray(net.apply(variables, partner, method=SPMixNet.embed))
+    r = np.asarray(ratios)[..., None]
+    _, want = net.apply(variables, r * e_p + (1 - r) * e_s, method=SPMixNet.classify_tokens)
+    np.testing.assert_allclose(np.asarray(mixed["logits"]), np.asarray(want), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(out["features"]), axis=-1), 1, atol=1e-5)
     logits = net.apply(variables, images, method=SPMixNet.logits)
     assert logits.dtype == jnp.float32

@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from spmix_jax import checkpointing, sharding
+from spmix_jax import checkpointing, optimizer, sharding
 from spmix_jax import state as state_lib
+from spmix_jax.models import make_model
+
+pytestmark = pytest.mark.slow  # subprocess runs of the whole trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "multiprocess_worker.py"
@@ -68,9 +71,8 @@ def _final(workdir):
     config = tiny.get_config()
     config.optim.total_steps = STEPS
     mesh = sharding.make_mesh()
-    model = state_lib.make_model(config)
-    tx = state_lib.make_optimizer(config, config.data.synthetic.num_train)
-    abstract = state_lib.abstract_train_state(config, model, tx, mesh)
+    tx = optimizer.make_optimizer(config, config.data.synthetic.num_train)
+    abstract = state_lib.create(config, make_model(config), tx, mesh)
     return jax.device_get(
         checkpointing.restore(checkpointing.latest_manager(str(workdir)), STEPS, abstract)
     )

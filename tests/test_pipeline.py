@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from input_pipeline import pipeline, sampling, synthetic
-from input_pipeline.sources import DataSplit
+from input_pipeline.data_split import DataSplit
 
 SIZE = 16
 

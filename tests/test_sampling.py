@@ -1,4 +1,4 @@
-"""Pair sampling (SPEC 2): class frequencies against n^(-q) formulas, determinism, edge cases."""
+"""Pair sampling (docs/method.md section 2): frequencies against n^(-q), determinism, edges."""
 
 import pickle
 

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 
 import input_pipeline
 from configs.common import base_config
-from input_pipeline import build, sources
+from input_pipeline import build, data_split, sources
 
 CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 
@@ -175,8 +175,8 @@ def test_synthetic_is_delegated(monkeypatch):
 
 def test_as_rgb_uint8():
     gray = np.arange(6, dtype=np.uint8).reshape(2, 3)
-    np.testing.assert_array_equal(sources.as_rgb_uint8(gray), np.stack([gray] * 3, -1))
+    np.testing.assert_array_equal(data_split.as_rgb_uint8(gray), np.stack([gray] * 3, -1))
     rgba = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
-    np.testing.assert_array_equal(sources.as_rgb_uint8(rgba), rgba[..., :3])
+    np.testing.assert_array_equal(data_split.as_rgb_uint8(rgba), rgba[..., :3])
     with pytest.raises(ValueError, match="uint8"):
-        sources.as_rgb_uint8(np.zeros((2, 2, 3), np.float32))
+        data_split.as_rgb_uint8(np.zeros((2, 2, 3), np.float32))

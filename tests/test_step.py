@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from spmix_jax import augment, losses, metrics, mixing, saliency, sharding
+from spmix_jax import augment, losses, mixing, optimizer, saliency, sharding, train
 from spmix_jax import state as state_lib
 from spmix_jax import step as step_lib
+from spmix_jax.models import decode_variant, make_model
 
 BATCH = 16
 HOST_SIZE = 24
@@ -36,16 +37,15 @@ class Harness:
     config: ml_collections.ConfigDict
     mesh: Any
     model: Any
+    tx: Any
     shardings: Any
     train_step: Any
     log_prior: np.ndarray
     lr_schedule: Any
 
     def new_state(self) -> state_lib.TrainState:
-        tx = state_lib.make_optimizer(self.config, self.config.data.synthetic.num_train)
-        return state_lib.create_train_state(
-            self.config, self.model, tx, self.mesh, jax.random.PRNGKey(self.config.seed)
-        )
+        rng = jax.random.PRNGKey(self.config.seed)
+        return state_lib.create(self.config, self.model, self.tx, self.mesh, rng)
 
     def put_state(self, host_state: state_lib.TrainState) -> state_lib.TrainState:
         """A host copy of a state back onto the devices in the step's layout."""
@@ -57,18 +57,20 @@ class Harness:
         new_state, step_metrics = self.train_step(
             state, sharding.global_batch(host_batch, self.mesh)
         )
-        return new_state, metrics.to_host(step_metrics)
+        return new_state, step_lib.metrics_to_host(step_metrics)
 
 
 def build(config: ml_collections.ConfigDict) -> Harness:
     """Model, optimizer, shardings and jitted step, wired exactly as `train.train_and_evaluate`."""
+    num_train = config.data.synthetic.num_train
     log_prior = losses.class_log_prior(CLASS_COUNTS, primary="instance", balanced_q=1.0)
-    setup = step_lib.build(
-        config, CLASS_COUNTS, config.data.synthetic.num_train, log_prior=log_prior
-    )
-    mesh, model, shardings = setup.mesh, setup.model, setup.shardings
-    train_step, lr_schedule = setup.train_step, setup.lr_schedule
-    return Harness(config, mesh, model, shardings, train_step, log_prior, lr_schedule)
+    mesh = sharding.make_mesh()
+    model = make_model(config)
+    tx = optimizer.make_optimizer(config, num_train)
+    shardings = jax.tree.map(lambda s: s.sharding, state_lib.create(config, model, tx, mesh))
+    train_step = train.jit_train_step(config, model, tx, log_prior, num_train, shardings, mesh)
+    lr_schedule = optimizer.learning_rate_schedule(config, num_train)
+    return Harness(config, mesh, model, tx, shardings, train_step, log_prior, lr_schedule)
 
 
 def make_batch(seed: int) -> dict[str, np.ndarray]:
@@ -232,7 +234,8 @@ def _pair_views(make, key_a, key_b, images_a, images_b, config):
     n = images_a.shape[0]
     keys = jnp.concatenate([jax.random.split(key_a, n), jax.random.split(key_b, n)])
     images = jnp.concatenate([jnp.asarray(images_a), jnp.asarray(images_b)])
-    view01, normed = make(keys, images, out_size=config.model.image_size, cfg=config.augment)
+    settings = augment.ViewSettings.from_config(config.augment)
+    view01, normed = make(keys, images, out_size=config.model.image_size, settings=settings)
     return (view01[:n], normed[:n]), (view01[n:], normed[n:])
 
 
@@ -242,7 +245,7 @@ def _recompute(h: Harness, state: state_lib.TrainState, batch: dict[str, np.ndar
     Returns (loss, query logits, keys, query batch_stats, key batch_stats, query ratios).
     """
     config, model = h.config, h.model
-    patch = int(config.model.variant.split("/")[1])
+    patch = decode_variant(config.model.variant).patch_size
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
     rng_views, rng_rq, rng_rk = jax.random.split(rng, 3)
     k_pq, k_sq, k_pk, k_sk = jax.random.split(rng_views, 4)
@@ -267,17 +270,10 @@ def _recompute(h: Harness, state: state_lib.TrainState, batch: dict[str, np.ndar
     q_vars = {"params": state.params, "batch_stats": state.batch_stats}
     k_vars = {"params": state.key_params, "batch_stats": state.key_batch_stats}
 
-    def tokens(variables, a, b, r):
-        ta = model.apply(variables, a, method=model.embed)
-        tb = model.apply(variables, b, method=model.embed)
-        return mixing.mix_tokens(ta, tb, r)
-
     q_out, q_upd = model.apply(
-        q_vars, tokens(q_vars, pq, sq, r_q), True, method=model.query, mutable=["batch_stats"]
+        q_vars, pq, True, sq, r_q, method=model.query, mutable=["batch_stats"]
     )
-    k_out, k_upd = model.apply(
-        k_vars, tokens(k_vars, pk, sk, r_k), True, method=model.key, mutable=["batch_stats"]
-    )
+    k_out, k_upd = model.apply(k_vars, pk, True, sk, r_k, method=model.key, mutable=["batch_stats"])
     labels = jnp.asarray(batch["primary_label"])
     loss = losses.gpaco_loss(
         jnp.concatenate([q_out["features"], k_out["features"]]),
@@ -384,7 +380,7 @@ def test_shared_bf16_gradient_random(shared_bf16_gradient_random):
     )
     # Random ratios: U(r_min, alpha) per patch from the step's ratio key, independent of saliency.
     c = h.config
-    patches = (c.model.image_size // int(c.model.variant.split("/")[1])) ** 2
+    patches = (c.model.image_size // decode_variant(c.model.variant).patch_size) ** 2
     _, rng_rq, _ = _step_rngs(c, 0)
     expected = jax.random.uniform(rng_rq, (BATCH, patches), minval=c.mix.r_min, maxval=c.mix.alpha)
     assert c.mix.r_min <= values["mix_ratio_mean"] <= c.mix.alpha
@@ -409,7 +405,7 @@ def test_cutmix_ce(cutmix_ce):
 
     @jax.jit
     def mixed_logits(params, primary, secondary):
-        # The query views and the CutMix draw, with the keys `views_and_saliency` and the step use.
+        # The query views and the CutMix draw, with the keys `make_views` and the step use.
         rng_views, rng_rq, _ = _step_rngs(c, 0)
         keys = jax.random.split(rng_views, 4)
         (_, pq), (_, sq) = _pair_views(augment.query_view, keys[0], keys[1], primary, secondary, c)
@@ -457,3 +453,35 @@ def test_global_ratio_empty_queue(global_ratio_empty_queue):
     np.testing.assert_array_equal(after.queue.valid, np.arange(c.loss.queue_size) < BATCH)
     np.testing.assert_allclose(np.linalg.norm(after.queue.features[:BATCH], axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(after.queue.features[BATCH:], 0.0)
+
+
+def test_train_metrics_merge_under_jit():
+    rng = np.random.default_rng(4)
+    steps = []
+    for _ in range(3):
+        steps.append(
+            dict(
+                loss=np.float32(rng.uniform(0, 3)),
+                logits=rng.normal(size=(8, 4)).astype(np.float32),
+                labels=rng.integers(0, 4, size=8),  # int64 on the host; cast to int32 inside
+                mix_ratio_mean=np.float32(rng.uniform(0.5, 0.8)),
+                learning_rate=np.float32(rng.uniform(1e-6, 1e-4)),
+            )
+        )
+
+    @jax.jit
+    def update(collection, batch):
+        return collection.merge(step_lib.TrainMetrics.single_from_model_output(**batch))
+
+    collection = step_lib.TrainMetrics.empty()
+    for batch in steps:
+        collection = update(collection, batch)
+    values = step_lib.metrics_to_host(collection)
+    correct = np.concatenate([s["logits"].argmax(1) == s["labels"] for s in steps])
+    assert values["loss"] == pytest.approx(np.mean([s["loss"] for s in steps]), rel=1e-6)
+    assert values["accuracy"] == pytest.approx(correct.mean(), rel=1e-6)
+    assert values["mix_ratio_mean"] == pytest.approx(
+        np.mean([s["mix_ratio_mean"] for s in steps]), rel=1e-6
+    )
+    assert values["learning_rate"] == pytest.approx(float(steps[-1]["learning_rate"]), rel=1e-6)
+    assert set(values) == {"loss", "accuracy", "mix_ratio_mean", "learning_rate"}

@@ -5,7 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from input_pipeline import sources, synthetic
+from input_pipeline import data_split, synthetic
 
 
 def _data_cfg(**overrides) -> types.SimpleNamespace:
@@ -80,7 +80,7 @@ def test_get_split_train_long_tailed_eval_balanced():
     train = synthetic.get_split(cfg, "train")
     val = synthetic.get_split(cfg, "validation")
     test = synthetic.get_split(cfg, "test")
-    assert isinstance(train, sources.DataSplit)
+    assert isinstance(train, data_split.DataSplit)
     np.testing.assert_array_equal(train.class_counts, synthetic.long_tailed_counts(1400, 50.0))
     np.testing.assert_array_equal(val.class_counts, train.class_counts)  # always TRAIN counts
     np.testing.assert_array_equal(np.bincount(train.labels, minlength=7), train.class_counts)

@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from spmix_jax import checkpointing, evaluate, sharding
+from spmix_jax import checkpointing, evaluate, optimizer, sharding
 from spmix_jax import state as state_lib
+from spmix_jax.models import make_model
+
+pytestmark = pytest.mark.slow  # subprocess runs of the whole trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -102,9 +105,8 @@ def _final_state(workdir: pathlib.Path):
     config = tiny.get_config()
     config.optim.total_steps = STEPS
     mesh = sharding.make_mesh()
-    model = state_lib.make_model(config)
-    tx = state_lib.make_optimizer(config, config.data.synthetic.num_train)
-    abstract = state_lib.abstract_train_state(config, model, tx, mesh)
+    tx = optimizer.make_optimizer(config, config.data.synthetic.num_train)
+    abstract = state_lib.create(config, make_model(config), tx, mesh)
     manager = checkpointing.latest_manager(str(workdir))
     assert manager.latest_step() == STEPS
     return jax.device_get(checkpointing.restore(manager, STEPS, abstract))
@@ -161,11 +163,11 @@ def test_eval_on_one_device_matches_eight(runs):
     assert one["auc_macro"] == pytest.approx(eight["auc_macro"], abs=1e-4)
     # And in this process (8 devices) the restored parameters give the same metrics again.
     mesh = sharding.make_mesh()
-    params, step = evaluate.restore_params(config, str(full), mesh, 160)
+    variables, step = evaluate.restore_variables(config, str(full), mesh)
     from input_pipeline import sources
 
     split = sources.get_split(config.data, config.data.eval_split)
-    again = evaluate.evaluate_split(config, params, split, mesh)
+    again = evaluate.evaluate_split(config, variables, split, mesh)
     assert step == STEPS
     assert again["confusion_matrix"] == eight["confusion_matrix"]
 

@@ -7,7 +7,7 @@ of this: `tfds.builder_from_directory` restores everything from the built direct
 
 Split rule: examples are grouped by `lesion_id` (from a `lesion_id` column of the label CSV or
 from a separate lesion CSV such as HAM10000's `metadata.csv`); an image without a lesion id is
-its own group. Groups never cross splits; see `base.grouped_split` for the stratification.
+its own group. Groups never cross splits; see `splitting.grouped_split` for the stratification.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging
 
 from configs.common import ISIC_CLASSES
-from input_pipeline import csv_layout
-from input_pipeline.builders import base
+from input_pipeline.builders import base, csv_layout, image_files, splitting
 
 SPLIT_NAMES = ("train", "validation", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -106,7 +104,7 @@ def folder_csv_config(
         raise ValueError(f"short_side must be >= 0 (0 keeps the original bytes), got {short_side}")
     if len(set(class_names)) != len(class_names) or not class_names:
         raise ValueError(f"class names must be unique and non-empty, got {class_names}")
-    images_text = "original bytes" if short_side == 0 else f"short side {short_side}, JPEG q95"
+    images_text = image_files.describe_storage(short_side)
     description = (
         f"Images from {images_path} labelled by {csv_path}"
         + (f", lesions from {metadata_path}" if metadata_path else ", no lesion ids")
@@ -129,16 +127,16 @@ def folder_csv_config(
 
 def plan_folder_csv(
     config: FolderCsvConfig,
-) -> tuple[list[base.Item], list[csv_layout.Problem], list[str]]:
+) -> tuple[list[image_files.Item], list[csv_layout.Problem], list[str]]:
     """Parses the CSVs and matches rows to image files: (items, problems, unlisted image ids)."""
     rows, problems = csv_layout.parse_label_csv(config.csv, config.class_names)
     lesions: dict[str, str] = {}
     if config.metadata:
         lesions, lesion_problems = csv_layout.parse_lesion_csv(config.metadata)
         problems += lesion_problems
-    index = base.index_images(config.images)
+    index = image_files.index_images(config.images)
     problems += index.problems
-    items, match_problems = base.match_rows(rows, index, lesions)
+    items, match_problems = image_files.match_rows(rows, index, lesions)
     problems += match_problems
     listed = {r.image_id for r in rows}
     unlisted = sorted(set(index.refs) - listed)
@@ -188,7 +186,7 @@ class FolderCsv(base.ArrayRecordBuilder):
         c = self._config
         report = base.BuildReport()
         items, problems, unlisted = plan_folder_csv(c)
-        items, image_problems = base.check_images(
+        items, image_problems = image_files.check_images(
             items, f"Checking images of {c.csv}", self._num_threads
         )
         problems += image_problems
@@ -209,11 +207,9 @@ class FolderCsv(base.ArrayRecordBuilder):
             )
         labels = np.asarray([it.label for it in items], np.int64)
         groups = [it.lesion_id or f"image:{it.image_id}" for it in items]
-        assignment = base.grouped_split(labels, groups, c.split_fractions, c.seed)
-        splits: dict[str, list[base.Item]] = {}
-        for index, (name, fraction) in enumerate(
-            zip(SPLIT_NAMES, c.split_fractions, strict=False)
-        ):
+        assignment = splitting.grouped_split(labels, groups, c.split_fractions, c.seed)
+        splits: dict[str, list[image_files.Item]] = {}
+        for index, (name, fraction) in enumerate(zip(SPLIT_NAMES, c.split_fractions, strict=False)):
             if fraction <= 0:
                 continue
             chosen = [it for it, a in zip(items, assignment, strict=True) if a == index]
@@ -221,9 +217,4 @@ class FolderCsv(base.ArrayRecordBuilder):
                 report.warnings.append(f"split {name} got no examples and is left out")
                 continue
             splits[name] = chosen
-        csv_layout.check_no_empty_class(
-            [it.label for it in splits["train"]], c.class_names, f"{c.csv} (train split)"
-        )
-        for warning in report.warnings:
-            logging.warning("%s", warning)
-        return self._finish(splits, report)
+        return self._finish(splits, report, c.csv)

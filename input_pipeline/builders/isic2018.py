@@ -25,11 +25,9 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging
 
 from configs.common import ISIC_CLASSES
-from input_pipeline import csv_layout
-from input_pipeline.builders import base
+from input_pipeline.builders import base, csv_layout, image_files, splitting
 
 OFFICIAL_COUNTS = {"train": 10015, "validation": 193, "test": 1512}
 RELEASED_HOLDOUT = 46
@@ -73,7 +71,7 @@ class Isic2018Config(tfds.core.BuilderConfig):
 
 
 def _describe(short_side: int, released: bool, holdout: int, seed: int) -> str:
-    images = "original bytes" if short_side == 0 else f"short side {short_side}, JPEG q95"
+    images = image_files.describe_storage(short_side)
     if released:
         split = (
             f"official train+validation pooled, {holdout} per class held out as validation "
@@ -139,9 +137,11 @@ class Isic2018(base.ArrayRecordBuilder):
         c = self._config
         report = base.BuildReport()
         parts, problems = plan_isic2018(manual_dir, report)
-        checked: dict[str, list[base.Item]] = {}
+        checked: dict[str, list[image_files.Item]] = {}
         for split, items in parts.items():
-            good, bad = base.check_images(items, f"Checking {split} images", self._num_threads)
+            good, bad = image_files.check_images(
+                items, f"Checking {split} images", self._num_threads
+            )
             checked[split] = good
             problems += bad
         csv_layout.raise_unless_skipping(problems, self._skip_bad, manual_dir)
@@ -155,12 +155,7 @@ class Isic2018(base.ArrayRecordBuilder):
                         f"split {split} has {len(checked[split])} images; the official release "
                         f"has {expected}"
                     )
-        csv_layout.check_no_empty_class(
-            [it.label for it in checked["train"]], ISIC_CLASSES, f"{manual_dir} (train split)"
-        )
-        for warning in report.warnings:
-            logging.warning("%s", warning)
-        return self._finish(checked, report)
+        return self._finish(checked, report, manual_dir)
 
 
 def isic2018_config(
@@ -232,8 +227,7 @@ def _read_ground_truth(manual_dir: str, stem: str) -> tuple[str, bytes] | None:
     if os.path.isfile(archive):
         with zipfile.ZipFile(archive) as zf:
             members = [
-                m for m in zf.namelist()
-                if m.rsplit("/", 1)[-1] == csv_name and "__MACOSX" not in m
+                m for m in zf.namelist() if m.rsplit("/", 1)[-1] == csv_name and "__MACOSX" not in m
             ]
             if not members:
                 raise csv_layout.DataError(f"{archive}: no {csv_name} inside the archive")
@@ -243,7 +237,7 @@ def _read_ground_truth(manual_dir: str, stem: str) -> tuple[str, bytes] | None:
 
 def plan_isic2018(
     manual_dir: str, report: base.BuildReport
-) -> tuple[dict[str, list[base.Item]], list[csv_layout.Problem]]:
+) -> tuple[dict[str, list[image_files.Item]], list[csv_layout.Problem]]:
     """Items of every official split found in `manual_dir`, and the problems met on the way."""
     if not os.path.isdir(manual_dir):
         raise csv_layout.DataError(f"{manual_dir}: manual dir not found.\n{_MANUAL}")
@@ -255,7 +249,7 @@ def plan_isic2018(
         problems += lesion_problems
     else:
         report.warnings.append(f"{LESION_CSV} not found: train images have no lesion ids")
-    parts: dict[str, list[base.Item]] = {}
+    parts: dict[str, list[image_files.Item]] = {}
     seen: dict[str, str] = {}  # image id -> split, to catch ids in two splits
     for split, stem, input_names in _PARTS:
         input_path = _find_input(manual_dir, input_names)
@@ -268,16 +262,18 @@ def plan_isic2018(
         if input_path is None:
             report.warnings.append(f"{input_names[0]} not found: split {split} is left out")
             continue
-        index = base.index_images(input_path)
+        index = image_files.index_images(input_path)
         problems += index.problems
         if gt is not None:
             source, data = gt
             rows, row_problems = csv_layout.parse_label_rows(
-                csv_layout.text_lines(data), source, ISIC_CLASSES,
+                csv_layout.text_lines(data),
+                source,
+                ISIC_CLASSES,
                 ignore_columns=_IGNORED_COLUMNS,
             )
             problems += row_problems
-            items, match_problems = base.match_rows(
+            items, match_problems = image_files.match_rows(
                 rows, index, lesions if split == "train" else None
             )
             problems += match_problems
@@ -285,7 +281,10 @@ def plan_isic2018(
             for image_id in sorted(set(index.refs) - listed):
                 problems.append(
                     csv_layout.Problem(
-                        "no_label_row", str(index.refs[image_id]), 0, image_id,
+                        "no_label_row",
+                        str(index.refs[image_id]),
+                        0,
+                        image_id,
                         f"image {image_id} has no row in {source}; expected every image of "
                         f"{input_names[0]} to have ground truth",
                     )
@@ -295,7 +294,7 @@ def plan_isic2018(
                 f"{stem}_GroundTruth.csv not found: split {split} is stored with label -1"
             )
             items = [
-                base.Item(image_id, -1, "", ref, str(ref), 0)
+                image_files.Item(image_id, -1, "", ref, str(ref), 0)
                 for image_id, ref in sorted(index.refs.items())
             ]
         kept = []
@@ -303,7 +302,10 @@ def plan_isic2018(
             if item.image_id in seen:
                 problems.append(
                     csv_layout.Problem(
-                        "duplicate_id", item.file, item.line, item.image_id,
+                        "duplicate_id",
+                        item.file,
+                        item.line,
+                        item.image_id,
                         f"image id {item.image_id} is in split {seen[item.image_id]} and in "
                         f"split {split}; expected each image in one split",
                     )
@@ -316,8 +318,8 @@ def plan_isic2018(
 
 
 def released_split(
-    parts: dict[str, list[base.Item]], holdout: int, seed: int
-) -> dict[str, list[base.Item]]:
+    parts: dict[str, list[image_files.Item]], holdout: int, seed: int
+) -> dict[str, list[image_files.Item]]:
     """The released code's split: train+validation pooled, `holdout` per class held out."""
     pooled = parts["train"] + parts.get("validation", [])
     if any(it.label < 0 for it in pooled):
@@ -325,8 +327,11 @@ def released_split(
             "the released split pools labelled train and validation images; validation ground "
             "truth is missing"
         )
-    mask = base.holdout_per_class(
-        np.asarray([it.label for it in pooled]), [it.image_id for it in pooled], holdout, seed,
+    mask = splitting.holdout_per_class(
+        np.asarray([it.label for it in pooled]),
+        [it.image_id for it in pooled],
+        holdout,
+        seed,
         ISIC_CLASSES,
     )
     result = {

@@ -1,8 +1,14 @@
 """Vision Transformer split into `embed` and `encode`, so SPMix can mix patch tokens in between.
 
-Pre-norm blocks, learned position embedding, CLS pooling, LayerNorm eps 1e-6 (as ViT / big_vision).
-Variants are decoded from strings: "mu/8" (tiny, tests), "nano/8" (CPU runs), "Ti/16", "S/16",
-"B/16", "L/16"; the number after the slash is the patch size (e.g. "S/8" for small images).
+Pre-norm blocks, learned position embedding, CLS pooling, LayerNorm eps 1e-6 (as ViT / big_vision
+/ timm). Variants are decoded from strings: "mu/8" (tiny, tests), "nano/8" (CPU runs), "Ti/16",
+"S/16", "B/16", "L/16", "timm_small/16" (timm's hybrid ViT-small: 768 wide, 8 blocks, 8 heads,
+MLP 2304); the number after the slash is the patch size (e.g. "S/8" for small images).
+
+A trunk prefix makes a hybrid: "R50d+timm_small/16" (timm's `vit_small_resnet50d_s16_224`) or
+"R50d+B/16" take their tokens from a ResNet-50d trunk (stem + stages 1-3, stride 16) followed by
+a 1x1 projection convolution instead of patchifying the image; the patch size must then be 16,
+the trunk's stride. "Rmu+mu/16" is a reduced-width hybrid for tests (docs/method.md section 7).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from spmix_jax.models.resnet import TRUNK_STRIDE, TRUNKS, ResNetTrunk
+
 _VARIANTS = {
     # name: (width, depth, mlp_dim, heads)
     "mu": (32, 2, 64, 2),
@@ -23,6 +31,7 @@ _VARIANTS = {
     "M": (512, 12, 2048, 8),
     "B": (768, 12, 3072, 12),
     "L": (1024, 24, 4096, 16),
+    "timm_small": (768, 8, 2304, 8),  # timm's hybrid "small" (mlp_ratio 3)
 }
 
 
@@ -32,19 +41,34 @@ class ViTSpec:
     depth: int
     mlp_dim: int
     num_heads: int
-    patch_size: int
+    patch_size: int  # pixels per token side (the trunk's stride for a hybrid)
+    hybrid: bool = False  # tokens come from a ResNet trunk + 1x1 projection
+    trunk: str = ""  # the trunk's name ("R50d") when hybrid
 
 
 def decode_variant(variant: str) -> ViTSpec:
-    """Turns "S/16" into its widths; raises with the known names for anything else."""
-    name, _, patch = variant.partition("/")
+    """Turns "S/16" or "R50d+timm_small/16" into its widths; raises naming what is accepted."""
+    trunk, plus, rest = variant.rpartition("+")
+    name, _, patch = rest.partition("/")
     if name not in _VARIANTS or not patch.isdigit() or int(patch) <= 0:
         raise ValueError(
-            f"Unknown ViT variant {variant!r}; expected NAME/PATCH with NAME in "
-            f"{sorted(_VARIANTS)} and a positive integer patch size, e.g. 'S/16' or 'mu/8'."
+            f"Unknown ViT variant {variant!r}; expected [TRUNK+]NAME/PATCH with NAME in "
+            f"{sorted(_VARIANTS)}, a positive integer patch size and an optional TRUNK in "
+            f"{sorted(TRUNKS)}, e.g. 'S/16', 'mu/8' or 'R50d+timm_small/16'."
         )
     width, depth, mlp_dim, heads = _VARIANTS[name]
-    return ViTSpec(width, depth, mlp_dim, heads, int(patch))
+    if not plus:
+        return ViTSpec(width, depth, mlp_dim, heads, int(patch))
+    if trunk not in TRUNKS:
+        raise ValueError(
+            f"Unknown trunk {trunk!r} in ViT variant {variant!r}; known trunks: {sorted(TRUNKS)}."
+        )
+    if int(patch) != TRUNK_STRIDE:
+        raise ValueError(
+            f"Hybrid ViT variant {variant!r} needs patch size {TRUNK_STRIDE} (the stride of the "
+            f"{trunk} trunk), e.g. '{trunk}+{name}/{TRUNK_STRIDE}'."
+        )
+    return ViTSpec(width, depth, mlp_dim, heads, TRUNK_STRIDE, hybrid=True, trunk=trunk)
 
 
 class MlpBlock(nn.Module):
@@ -111,10 +135,14 @@ class ViT(nn.Module):
                 f"model.image_size={self.image_size} is not a multiple of the patch size "
                 f"{spec.patch_size} of variant {self.variant!r}."
             )
+        if spec.hybrid:
+            self.trunk = ResNetTrunk(spec.trunk, dtype=self.dtype, name="trunk")
+        # A hybrid projects the trunk's features with a 1x1 convolution (timm's HybridEmbed).
+        kernel = 1 if spec.hybrid else spec.patch_size
         self.patch_embed = nn.Conv(
             spec.width,
-            (spec.patch_size, spec.patch_size),
-            strides=(spec.patch_size, spec.patch_size),
+            (kernel, kernel),
+            strides=(kernel, kernel),
             padding="VALID",
             dtype=self.dtype,
             name="embedding",
@@ -129,9 +157,16 @@ class ViT(nn.Module):
         ]
         self.encoder_norm = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")
 
-    def embed(self, images: jax.Array) -> jax.Array:
-        """(B, H, W, 3) -> patch tokens (B, P, D), patches in row-major order."""
-        x = self.patch_embed(images.astype(self.dtype))
+    def embed(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """(B, H, W, 3) -> patch tokens (B, P, D), patches in row-major order.
+
+        `train` selects batch statistics for normalisation layers in the embedding (a hybrid
+        trunk's BatchNorm); the plain patch embedding has none.
+        """
+        x = images.astype(self.dtype)
+        if self.spec.hybrid:
+            x = self.trunk(x, train)
+        x = self.patch_embed(x)
         b, h, w, d = x.shape
         return x.reshape(b, h * w, d)
 

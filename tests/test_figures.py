@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spmix_jax import visualize
+from spmix_jax import figures
 
 
 def test_render_mix_two_by_two_patches_by_hand():
@@ -13,7 +13,7 @@ def test_render_mix_two_by_two_patches_by_hand():
     secondary = np.zeros((1, 4, 4, 3), np.float32)
     secondary[..., 1] = 0.5  # green channel of the secondary is 0.5
     ratios = np.array([[0.5, 0.6, 0.7, 0.8]], np.float32)
-    out = visualize.render_mix(primary, secondary, ratios, patch_size=2)
+    out = figures.render_mix(primary, secondary, ratios, patch_size=2)
     # Red/blue: r*1 + (1-r)*0 = r. Green: r*1 + (1-r)*0.5 = 0.5 + 0.5 r.
     r_map = np.array(
         [
@@ -32,7 +32,7 @@ def test_render_mix_non_square_and_bad_shapes():
     rng = np.random.default_rng(0)
     a, b = rng.random((2, 2, 4, 6, 3))
     r = rng.uniform(0.5, 0.8, size=(2, 6))  # 2 x 3 patches of size 2
-    out = visualize.render_mix(a, b, r, 2)
+    out = figures.render_mix(a, b, r, 2)
     grid = r.reshape(2, 2, 3)
     for y in range(4):
         for x in range(6):
@@ -41,15 +41,15 @@ def test_render_mix_non_square_and_bad_shapes():
                 out[:, y, x], w * a[:, y, x] + (1 - w) * b[:, y, x], atol=1e-6
             )
     with pytest.raises(ValueError, match="multiple of patch_size"):
-        visualize.render_mix(a, b, r, 4)
+        figures.render_mix(a, b, r, 4)
     with pytest.raises(ValueError, match="ratios"):
-        visualize.render_mix(a, b, r[:, :5], 2)
+        figures.render_mix(a, b, r[:, :5], 2)
 
 
 def test_saliency_overlay_values():
     image = np.full((2, 3, 3), 0.2, np.float32)
     sal = np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 2.0]])
-    out = visualize.saliency_overlay(image, sal, alpha=1.0)
+    out = figures.saliency_overlay(image, sal, alpha=1.0)
     # alpha = 1: pure colour map; min -> the map's first colour, max -> its last.
     import matplotlib
 
@@ -57,12 +57,12 @@ def test_saliency_overlay_values():
     np.testing.assert_allclose(out[0, 0], jet(0.0)[:3], atol=1e-6)
     np.testing.assert_allclose(out[0, 2], jet(1.0)[:3], atol=1e-6)
     np.testing.assert_allclose(out[0, 1], jet(0.5)[:3], atol=1e-6)
-    out0 = visualize.saliency_overlay(image, sal, alpha=0.0)
+    out0 = figures.saliency_overlay(image, sal, alpha=0.0)
     np.testing.assert_allclose(out0, image, atol=1e-6)
-    half = visualize.saliency_overlay(image, np.zeros((2, 3)), alpha=0.5)  # constant map
+    half = figures.saliency_overlay(image, np.zeros((2, 3)), alpha=0.5)  # constant map
     np.testing.assert_allclose(half, 0.5 * image + 0.5 * np.array(jet(0.0)[:3]), atol=1e-6)
     with pytest.raises(ValueError, match="saliency"):
-        visualize.saliency_overlay(image, sal[:, :2])
+        figures.saliency_overlay(image, sal[:, :2])
 
 
 def _read_png(path):
@@ -74,18 +74,18 @@ def _read_png(path):
 
 def test_confusion_matrix_figure_writes_png(tmp_path):
     cm = [[5, 1, 0], [2, 7, 1], [0, 0, 4]]
-    path = visualize.confusion_matrix_figure(
+    path = figures.confusion_matrix_figure(
         cm, ["MEL", "NV", "BCC"], tmp_path / "figs" / "cm.png", title="eval"
     )
     pixels = _read_png(path)
     assert 150 < pixels.shape[0] < 1000 and 150 < pixels.shape[1] < 1200
     assert pixels.std() > 10  # not a blank canvas
-    path2 = visualize.confusion_matrix_figure(
+    path2 = figures.confusion_matrix_figure(
         np.array(cm), ["MEL", "NV", "BCC"], tmp_path / "cm_counts.png", normalize=False
     )
     assert _read_png(path2).shape == pixels.shape
     with pytest.raises(ValueError, match="shape"):
-        visualize.confusion_matrix_figure(cm, ["MEL", "NV"], tmp_path / "bad.png")
+        figures.confusion_matrix_figure(cm, ["MEL", "NV"], tmp_path / "bad.png")
 
 
 def test_pair_grid_figure_writes_png(tmp_path):
@@ -96,8 +96,8 @@ def test_pair_grid_figure_writes_png(tmp_path):
     sal_p = rng.random((n, size, size)).astype(np.float32)
     sal_s = rng.random((n, size, size)).astype(np.float32)
     ratios = rng.uniform(0.5, 0.8, size=(n, (size // patch) ** 2)).astype(np.float32)
-    mixed = visualize.render_mix(primary, secondary, ratios, patch)
-    path = visualize.pair_grid_figure(
+    mixed = figures.render_mix(primary, secondary, ratios, patch)
+    path = figures.pair_grid_figure(
         tmp_path / "pairs.png",
         primary,
         secondary,
@@ -115,7 +115,7 @@ def test_pair_grid_figure_writes_png(tmp_path):
     assert pixels.shape[1] > pixels.shape[0] > 300
     assert pixels.std() > 10
     # Without a precomputed rendering the figure renders the mix itself.
-    path2 = visualize.pair_grid_figure(
+    path2 = figures.pair_grid_figure(
         tmp_path / "pairs2.png",
         primary[:1],
         secondary[:1],
@@ -126,7 +126,7 @@ def test_pair_grid_figure_writes_png(tmp_path):
     )
     assert _read_png(path2).shape[0] < pixels.shape[0]
     with pytest.raises(ValueError, match="mixed_rendering"):
-        visualize.pair_grid_figure(
+        figures.pair_grid_figure(
             tmp_path / "bad.png",
             primary,
             secondary,

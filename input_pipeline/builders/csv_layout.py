@@ -14,7 +14,7 @@ import dataclasses
 import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -60,10 +60,6 @@ class LabelRow:
     file: str
     line: int
 
-    @property
-    def origin(self) -> str:
-        return f"{self.file}, line {self.line}"
-
 
 def image_id_from_value(value: str) -> str:
     """`'dir/ISIC_001.jpg'` -> `'ISIC_001'`; ids are file stems without an image extension."""
@@ -83,6 +79,29 @@ def _find_image_column(header: Sequence[str], source: str) -> int:
     )
 
 
+def _read_header(reader: Iterator[list[str]], source: str) -> list[str]:
+    """The stripped header fields; an empty file has none and is refused."""
+    try:
+        return [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise DataError(f"{source}: the CSV file is empty (expected a header line)") from None
+
+
+def _is_blank(fields: Sequence[str]) -> bool:
+    return not fields or all(not f.strip() for f in fields)
+
+
+def _duplicate_row(source: str, line: int, image_id: str, first_line: int) -> Problem:
+    """A later row repeating an image id; the row on `first_line` is the one kept."""
+    return Problem(
+        "duplicate_id",
+        source,
+        line,
+        image_id,
+        f"duplicate image id {image_id} (first on line {first_line}); expected each image once",
+    )
+
+
 def _check_header_unique(header: Sequence[str], source: str) -> None:
     seen = set()
     for name in header:
@@ -91,9 +110,7 @@ def _check_header_unique(header: Sequence[str], source: str) -> None:
         seen.add(name)
 
 
-def _parse_one_hot(
-    values: Sequence[str], class_names: Sequence[str]
-) -> tuple[int | None, str]:
+def _parse_one_hot(values: Sequence[str], class_names: Sequence[str]) -> tuple[int | None, str]:
     """Returns (label, '') for a valid one-hot row, else (None, reason)."""
     numbers = []
     for name, text in zip(class_names, values, strict=True):
@@ -148,10 +165,7 @@ def parse_label_rows(
     repeating an id, the first is kept and each later one is a `duplicate_id` problem.
     """
     reader = csv.reader(lines)
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise DataError(f"{source}: the CSV file is empty (expected a header line)") from None
+    header = _read_header(reader, source)
     _check_header_unique(header, source)
     image_col = _find_image_column(header, source)
     lesion_col = header.index(LESION_COLUMN) if LESION_COLUMN in header else None
@@ -187,12 +201,15 @@ def parse_label_rows(
     first_line: dict[str, int] = {}
     for fields in reader:
         line = reader.line_num
-        if not fields or all(not f.strip() for f in fields):
-            continue  # blank line
+        if _is_blank(fields):
+            continue
         if len(fields) != len(header):
             problems.append(
                 Problem(
-                    "malformed_row", source, line, fields[0].strip() if fields else "",
+                    "malformed_row",
+                    source,
+                    line,
+                    fields[0].strip() if fields else "",
                     f"expected {len(header)} fields ({','.join(header)}), got {len(fields)}",
                 )
             )
@@ -211,13 +228,7 @@ def parse_label_rows(
             problems.append(Problem(kind, source, line, image_id, f"{image_id}: {reason}"))
             continue
         if image_id in first_line:
-            problems.append(
-                Problem(
-                    "duplicate_id", source, line, image_id,
-                    f"duplicate image id {image_id} (first on line {first_line[image_id]}); "
-                    "expected each image once",
-                )
-            )
+            problems.append(_duplicate_row(source, line, image_id, first_line[image_id]))
             continue
         first_line[image_id] = line
         lesion = fields[lesion_col].strip() if lesion_col is not None else ""
@@ -241,10 +252,7 @@ def parse_lesion_rows(lines: Iterable[str], source: str) -> tuple[dict[str, str]
     ignored. A repeated image id is a `duplicate_id` problem (the first row is kept).
     """
     reader = csv.reader(lines)
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise DataError(f"{source}: the CSV file is empty (expected a header line)") from None
+    header = _read_header(reader, source)
     image_col = _find_image_column(header, source)
     if LESION_COLUMN not in header:
         raise DataError(
@@ -257,23 +265,22 @@ def parse_lesion_rows(lines: Iterable[str], source: str) -> tuple[dict[str, str]
     problems: list[Problem] = []
     for fields in reader:
         line = reader.line_num
-        if not fields or all(not f.strip() for f in fields):
+        if _is_blank(fields):
             continue
         if len(fields) <= max(image_col, lesion_col):
             problems.append(
-                Problem("malformed_row", source, line, "", f"expected {len(header)} fields, "
-                        f"got {len(fields)}")
+                Problem(
+                    "malformed_row",
+                    source,
+                    line,
+                    "",
+                    f"expected {len(header)} fields, got {len(fields)}",
+                )
             )
             continue
         image_id = image_id_from_value(fields[image_col])
         if image_id in first_line:
-            problems.append(
-                Problem(
-                    "duplicate_id", source, line, image_id,
-                    f"duplicate image id {image_id} (first on line {first_line[image_id]}); "
-                    "expected each image once",
-                )
-            )
+            problems.append(_duplicate_row(source, line, image_id, first_line[image_id]))
             continue
         first_line[image_id] = line
         lesions[image_id] = fields[lesion_col].strip()

@@ -1,4 +1,4 @@
-"""Projector, predictor and classifier heads (SPEC section 7) and the full SPMix network."""
+"""The whole SPMix network: ViT backbone, projector, predictor, classifier (docs/method.md §7)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from spmix_jax.mixing import mix_tokens
 from spmix_jax.models.vit import ViT
 
 
@@ -99,9 +101,11 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 class SPMixNet(nn.Module):
-    """Backbone + heads. Methods mirror the data flow: embed -> (mix) -> heads_from_tokens.
+    """Backbone + heads. Methods follow the data flow: embed -> mix -> encode -> heads.
 
     The same module serves the query encoder and the key encoder (with its own parameters).
+    `query` and `key` take the images of a view and, for SPMix, the partner images and per-patch
+    ratios: both are embedded, their tokens mixed (docs/method.md section 6), then encoded.
     """
 
     num_classes: int
@@ -122,33 +126,78 @@ class SPMixNet(nn.Module):
         )
         self.classifier = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")
 
-    def embed(self, images: jax.Array) -> jax.Array:
-        return self.backbone.embed(images)
+    def embed(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """Images (B, H, W, 3) -> patch tokens (B, P, D)."""
+        return self.backbone.embed(images, train)
+
+    def mixed_tokens(
+        self,
+        images: jax.Array,
+        train: bool,
+        partner: jax.Array | None = None,
+        ratios: jax.Array | None = None,
+    ) -> jax.Array:
+        """Tokens of `images`, mixed per patch with those of `partner` when one is given."""
+        tokens = self.embed(images, train)
+        if partner is None:
+            return tokens
+        return mix_tokens(tokens, self.embed(partner, train), ratios)
 
     def classify_tokens(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Tokens -> (CLS feature, float32 logits)."""
         cls = self.backbone.encode(tokens)
         return cls, self.classifier(cls).astype(jnp.float32)
 
-    def query(self, tokens: jax.Array, train: bool = True) -> dict[str, jax.Array]:
+    def query(
+        self,
+        images: jax.Array,
+        train: bool = True,
+        partner: jax.Array | None = None,
+        ratios: jax.Array | None = None,
+    ) -> dict[str, jax.Array]:
         """Query branch: q = normalize(h(g(cls))), logits = classifier(cls)."""
-        cls, logits = self.classify_tokens(tokens)
+        cls, logits = self.classify_tokens(self.mixed_tokens(images, train, partner, ratios))
         q = l2_normalize(self.predictor(self.projector(cls, train), train))
         return {"cls": cls, "logits": logits, "features": q}
 
-    def key(self, tokens: jax.Array, train: bool = True) -> dict[str, jax.Array]:
+    def key(
+        self,
+        images: jax.Array,
+        train: bool = True,
+        partner: jax.Array | None = None,
+        ratios: jax.Array | None = None,
+    ) -> dict[str, jax.Array]:
         """Key branch: k = normalize(g(cls)) (no predictor)."""
-        cls, logits = self.classify_tokens(tokens)
+        cls, logits = self.classify_tokens(self.mixed_tokens(images, train, partner, ratios))
         k = l2_normalize(self.projector(cls, train))
         return {"cls": cls, "logits": logits, "features": k}
 
     def logits(self, images: jax.Array) -> jax.Array:
-        """Inference: raw classifier logits (no prior)."""
-        return self.classify_tokens(self.embed(images))[1]
+        """Inference: raw classifier logits (no prior; BatchNorm in inference mode)."""
+        return self.classify_tokens(self.embed(images, False))[1]
+
+    def features(self, images: jax.Array) -> jax.Array:
+        """Inference: the backbone's CLS feature after the final LayerNorm, float32."""
+        return self.backbone.encode(self.embed(images, False)).astype(jnp.float32)
 
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         # Touches every submodule so that `init` creates all parameters.
-        tokens = self.embed(images)
-        out = self.query(tokens, train)
+        out = self.query(images, train)
         out["key_features"] = l2_normalize(self.projector(out["cls"], train))
         return out
+
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def make_model(config: ml_collections.ConfigDict) -> SPMixNet:
+    """The network a config describes (query and key encoders share this module)."""
+    return SPMixNet(
+        num_classes=config.data.num_classes,
+        variant=config.model.variant,
+        image_size=config.model.image_size,
+        proj_hidden=config.model.proj_hidden,
+        proj_dim=config.model.proj_dim,
+        bn_group_size=config.model.bn_group_size,
+        dtype=COMPUTE_DTYPES[config.model.dtype],
+    )

@@ -1,0 +1,85 @@
+"""Assigning examples to splits: lesion-grouped stratified splits and per-class hold-outs.
+
+Pure functions of labels, ids and a seed: the result never depends on the order of the inputs, so
+a rebuild from the same files gives the same splits.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+
+import numpy as np
+
+from input_pipeline.builders.csv_layout import DataError
+
+
+def grouped_split(
+    labels: Sequence[int] | np.ndarray,
+    groups: Sequence[str],
+    fractions: Sequence[float],
+    seed: int,
+) -> np.ndarray:
+    """Assigns every example to a split index so that no group crosses splits.
+
+    Stratified by class: each group takes the most common label of its members (ties: lowest
+    index); per class, the groups (sorted by name, then shuffled with `seed`) are dealt one by
+    one to the split furthest below its share of that class's images. The first group of every
+    class goes to split 0, so split 0 (train) holds every class that has data. The result does
+    not depend on the order of the inputs.
+    """
+    labels = np.asarray(labels, np.int64)
+    fractions = np.asarray(fractions, np.float64)
+    if len(labels) != len(groups):
+        raise ValueError(f"{len(labels)} labels but {len(groups)} groups")
+    if fractions.ndim != 1 or len(fractions) == 0 or np.any(fractions < 0) or fractions[0] <= 0:
+        raise ValueError(f"split fractions must be >= 0 with the first > 0, got {fractions}")
+    fractions = fractions / fractions.sum()
+    members: dict[str, list[int]] = collections.defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    by_class: dict[int, list[str]] = collections.defaultdict(list)
+    for g in sorted(members):
+        counts = np.bincount(labels[members[g]] + 1)  # +1 keeps an unknown label (-1) countable
+        by_class[int(np.argmax(counts)) - 1].append(g)
+    rng = np.random.default_rng(seed)
+    assignment = np.zeros(len(labels), np.int64)
+    for label in sorted(by_class):
+        names = by_class[label]
+        order = rng.permutation(len(names))
+        target = fractions * sum(len(members[g]) for g in names)
+        filled = np.zeros(len(fractions))
+        for rank, j in enumerate(order):
+            g = names[j]
+            split = 0 if rank == 0 else int(np.argmax(target - filled))
+            filled[split] += len(members[g])
+            assignment[members[g]] = split
+    return assignment
+
+
+def holdout_per_class(
+    labels: Sequence[int] | np.ndarray,
+    ids: Sequence[str],
+    per_class: int,
+    seed: int,
+    class_names: Sequence[str],
+) -> np.ndarray:
+    """Boolean mask of `per_class` examples of every class held out, chosen with `seed`.
+
+    Within a class the candidates are ordered by id before the seeded draw, so the choice does
+    not depend on the input order. At least one example per class must stay in training.
+    """
+    labels = np.asarray(labels, np.int64)
+    ids = np.asarray(ids, dtype=object)
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), bool)
+    for k, name in enumerate(class_names):
+        candidates = np.flatnonzero(labels == k)
+        candidates = candidates[np.argsort(ids[candidates], kind="stable")]
+        if len(candidates) <= per_class:
+            raise DataError(
+                f"class {name} has {len(candidates)} pooled images; holding out {per_class} "
+                "per class needs at least one more to train on"
+            )
+        mask[candidates[rng.choice(len(candidates), per_class, replace=False)]] = True
+    return mask

@@ -1,0 +1,203 @@
+"""Colour ops on float (H, W, 3) images in [0, 1] with PIL's uint8 semantics.
+
+Thresholds and levels are in 0-255 units, as in PIL, but intermediate values stay continuous: PIL
+rounds or truncates to uint8 after every op, these ops do not (differences are below one grey
+level). The helpers that the fused RandAugment colour pass shares are public here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+_GRAY = (0.299, 0.587, 0.114)  # PIL "L" conversion weights (ITU-R 601-2 luma)
+
+
+def _levels(img: jax.Array) -> jax.Array:
+    """The uint8 level (0-255, int32) each float value stands for."""
+    return jnp.clip(jnp.round(img * 255.0), 0, 255).astype(jnp.int32)
+
+
+def luminance(img: jax.Array) -> jax.Array:
+    """PIL's "L" value (H, W) of an RGB image, unrounded."""
+    return img[..., 0] * _GRAY[0] + img[..., 1] * _GRAY[1] + img[..., 2] * _GRAY[2]
+
+
+def blend(degenerate: jax.Array, img: jax.Array, factor) -> jax.Array:
+    """PIL `Image.blend(degenerate, img, factor)`, clipped to [0, 1]: every enhance op is one."""
+    factor = jnp.asarray(factor, jnp.float32)
+    return jnp.clip(degenerate + factor * (img - degenerate), 0.0, 1.0)
+
+
+def mean_luminance(img: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """PIL's contrast mean: the mean luminance rounded to an 8-bit level (over `mask` if given)."""
+    gray = luminance(img)
+    if mask is None:
+        mean = jnp.mean(gray)
+    else:
+        weight = mask.astype(jnp.float32)
+        mean = jnp.sum(gray * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    return jnp.floor(mean * 255.0 + 0.5) / 255.0
+
+
+def grayscale(img: jax.Array) -> jax.Array:
+    """PIL `convert('L')` replicated to three channels (torchvision RandomGrayscale)."""
+    return jnp.repeat(luminance(img)[..., None], 3, axis=-1)
+
+
+def brightness(img: jax.Array, factor) -> jax.Array:
+    """PIL `ImageEnhance.Brightness(img).enhance(factor)`: blend with black."""
+    return blend(jnp.zeros_like(img), img, factor)
+
+
+def contrast(img: jax.Array, factor, mask: jax.Array | None = None) -> jax.Array:
+    """PIL `ImageEnhance.Contrast`: blend with a grey of the (rounded) mean luminance.
+
+    `mask` (H, W) restricts the mean to those pixels (used where part of the canvas is not yet
+    content of this stage); None uses every pixel, as PIL.
+    """
+    return blend(jnp.broadcast_to(mean_luminance(img, mask), img.shape), img, factor)
+
+
+def saturation(img: jax.Array, factor) -> jax.Array:
+    """PIL `ImageEnhance.Color` (torchvision adjust_saturation): blend with the luminance."""
+    return blend(grayscale(img), img, factor)
+
+
+def smooth(img: jax.Array) -> jax.Array:
+    """PIL `ImageFilter.SMOOTH` ([[1,1,1],[1,5,1],[1,1,1]] / 13); the 1-pixel border is kept."""
+    h, w = img.shape[:2]
+    if h < 3 or w < 3:
+        return img
+    total = 4.0 * img[1:-1, 1:-1]
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            total = total + img[dy : dy + h - 2, dx : dx + w - 2]
+    return img.at[1:-1, 1:-1].set(total / 13.0)
+
+
+def sharpness(img: jax.Array, factor) -> jax.Array:
+    """PIL `ImageEnhance.Sharpness`: blend with the SMOOTH-filtered image."""
+    return blend(smooth(img), img, factor)
+
+
+def posterize_mask(bits: jax.Array) -> jax.Array:
+    """The 8-bit mask that keeps the top `bits` bits (0 <= bits <= 8) of a level."""
+    return (255 << (8 - bits)) & 255
+
+
+def posterize(img: jax.Array, bits) -> jax.Array:
+    """PIL `ImageOps.posterize`: keep the top `bits` bits of every 8-bit level (0 bits: black)."""
+    bits = jnp.clip(jnp.asarray(bits, jnp.int32), 0, 8)
+    return (_levels(img) & posterize_mask(bits)).astype(jnp.float32) / 255.0
+
+
+def solarize(img: jax.Array, threshold) -> jax.Array:
+    """PIL `ImageOps.solarize`: invert levels >= threshold (0-255 units; 256: no change)."""
+    return jnp.where(_levels(img) >= threshold, 1.0 - img, img)
+
+
+def solarize_add(img: jax.Array, add, threshold=128) -> jax.Array:
+    """timm `solarize_add`: add `add` levels to levels below `threshold`, clip at 255."""
+    added = jnp.minimum(img + jnp.asarray(add, jnp.float32) / 255.0, 1.0)
+    return jnp.where(_levels(img) < threshold, added, img)
+
+
+def invert(img: jax.Array) -> jax.Array:
+    """PIL `ImageOps.invert`."""
+    return 1.0 - img
+
+
+def equalize_lut(img: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """PIL's equalize lookup table, (C, 256) int32 (see `equalize`)."""
+    h, w, c = img.shape
+    levels = _levels(img)
+    weight = jnp.ones((h, w), jnp.int32) if mask is None else mask.astype(jnp.int32)
+    index = levels + 256 * jnp.arange(c, dtype=jnp.int32)
+    weights = jnp.broadcast_to(weight[..., None], levels.shape)
+    hist = jnp.zeros(256 * c, jnp.int32).at[index.reshape(-1)].add(weights.reshape(-1))
+    hist = hist.reshape(c, 256)
+    occupied = hist > 0
+    last = 255 - jnp.argmax(occupied[:, ::-1], axis=1)
+    last_count = jnp.take_along_axis(hist, last[:, None], axis=1)[:, 0]
+    step = (hist.sum(axis=1) - last_count) // 255
+    below = jnp.cumsum(hist, axis=1) - hist
+    safe = jnp.maximum(step, 1)[:, None]
+    lut = jnp.clip((step[:, None] // 2 + below) // safe, 0, 255)
+    keep = (occupied.sum(axis=1) <= 1) | (step == 0)
+    return jnp.where(keep[:, None], jnp.arange(256, dtype=jnp.int32)[None, :], lut)
+
+
+def apply_lut(img: jax.Array, lut: jax.Array) -> jax.Array:
+    """Maps every 8-bit level of channel c through lut[c] (C, 256)."""
+    h, w, c = img.shape
+    out = jnp.take_along_axis(lut.T, _levels(img).reshape(h * w, c), axis=0)
+    return out.reshape(h, w, c).astype(jnp.float32) / 255.0
+
+
+def equalize(img: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """PIL `ImageOps.equalize(img, mask)`: per-channel histogram equalisation on 8-bit levels.
+
+    lut[i] = (step // 2 + #pixels below level i) // step with step = (#pixels - #pixels in the
+    top occupied level) // 255; a channel with one occupied level or step 0 is unchanged. `mask`
+    (H, W) restricts the histogram, the table maps every pixel (as PIL).
+    """
+    return apply_lut(img, equalize_lut(img, mask))
+
+
+def blur_radius(sigma: float) -> int:
+    """The static tap radius ceil(3 * sigma) (at least 1) of a blur with a concrete sigma."""
+    return max(1, math.ceil(3.0 * float(sigma)))
+
+
+def gaussian_blur(img: jax.Array, sigma, radius: int | None = None) -> jax.Array:
+    """Separable Gaussian blur, taps |k| <= radius, edges replicated.
+
+    `radius` must be static; None takes `blur_radius(sigma)`, which needs a concrete sigma.
+    """
+    if radius is None:
+        try:
+            radius = blur_radius(sigma)
+        except (TypeError, jax.errors.ConcretizationTypeError) as err:
+            raise ValueError("gaussian_blur needs a static `radius` when sigma is traced") from err
+    radius = int(radius)
+    if radius < 1:
+        raise ValueError(f"gaussian_blur radius must be >= 1, got {radius}")
+    sigma = jnp.maximum(jnp.asarray(sigma, jnp.float32), 1e-3)
+    taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    kernel = jnp.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    h, w = img.shape[:2]
+    padded = jnp.pad(img, ((radius, radius), (0, 0), (0, 0)), mode="edge")
+    img = sum(kernel[k] * padded[k : k + h] for k in range(2 * radius + 1))
+    padded = jnp.pad(img, ((0, 0), (radius, radius), (0, 0)), mode="edge")
+    return sum(kernel[k] * padded[:, k : k + w] for k in range(2 * radius + 1))
+
+
+def color_jitter(
+    img: jax.Array, factors: jax.Array, order: jax.Array, reference: jax.Array | None = None
+) -> jax.Array:
+    """torchvision ColorJitter without hue: brightness, contrast, saturation in `order`.
+
+    `factors` (3,) are the (brightness, contrast, saturation) factors, `order` (3,) a permutation
+    of 0, 1, 2 naming the op applied at each position. All three are blends with a degenerate
+    image (black, mean grey, luminance), so each position is one blend. `reference`, if given, is
+    the image whose mean luminance contrast uses (it goes through the same ops alongside): the
+    query view passes the un-warped crop so that the mean is torchvision's, not the warped
+    canvas'.
+    """
+
+    def degenerate(x: jax.Array, op: jax.Array, mean: jax.Array) -> jax.Array:
+        return jnp.where(op == 0, 0.0, jnp.where(op == 1, mean, luminance(x)))[..., None]
+
+    ref = reference
+    for position in range(3):
+        op = order[position]
+        mean = mean_luminance(img if ref is None else ref)
+        out = blend(degenerate(img, op, mean), img, factors[op])
+        if ref is not None:
+            ref = blend(degenerate(ref, op, mean), ref, factors[op])
+        img = out
+    return img

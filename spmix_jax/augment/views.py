@@ -1,0 +1,349 @@
+"""Query, key and evaluation views of a uint8 batch (docs/method.md section 3).
+
+Each view draws its per-image parameters from one block of uniforms, builds the view from them with
+`vmap`, and normalises it. How the views differ from torchvision's is described in the package
+docstring (`spmix_jax.augment`). The settings are read once from `config.augment` into a
+`ViewSettings`; `spmix_jax.config_checks.check_augment` validates them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from spmix_jax.augment import colour, geometry, randaugment
+from spmix_jax.augment.randaugment import RandAugmentDraw
+
+CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop tries 10 times before the centre-crop fallback
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSettings:
+    """The `config.augment` fields the views use, as plain Python numbers (hashable, static)."""
+
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    jitter: tuple[float, float, float]  # brightness, contrast, saturation strengths
+    ra_n: int
+    ra_m: float
+    ra_mstd: float
+    gray_p: float
+    blur_p: float
+    blur_sigma: tuple[float, float]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    eval_resize_ratio: float
+
+    @classmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict) -> ViewSettings:
+        """Converts `config.augment` (validated by `check_augment`); hue jitter is dropped."""
+
+        def floats(name: str) -> tuple[float, ...]:
+            return tuple(float(v) for v in cfg[name])
+
+        return cls(
+            scale=floats("scale"),
+            ratio=floats("ratio"),
+            jitter=floats("color_jitter")[:3],
+            ra_n=int(cfg.randaugment_n),
+            ra_m=float(cfg.randaugment_m),
+            ra_mstd=float(cfg.randaugment_mstd),
+            gray_p=float(cfg.grayscale_p),
+            blur_p=float(cfg.blur_p),
+            blur_sigma=floats("blur_sigma"),
+            mean=floats("mean"),
+            std=floats("std"),
+            eval_resize_ratio=float(cfg.eval_resize_ratio),
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# RandomResizedCrop parameters.
+
+
+def crop_params_from_uniforms(
+    uniforms: jax.Array, height: int, width: int, scale: Sequence[float], ratio: Sequence[float]
+) -> jax.Array:
+    """torchvision `RandomResizedCrop.get_params` with all attempts evaluated at once.
+
+    `uniforms` (attempts, 4) in [0, 1) give each attempt's area fraction, log aspect ratio, top and
+    left. The first attempt whose (rounded) box fits is taken, otherwise torchvision's centre-crop
+    fallback. Returns int32 (top, left, crop_height, crop_width).
+    """
+    u = jnp.asarray(uniforms, jnp.float32)
+    area = float(height * width)
+    target = area * (scale[0] + u[:, 0] * (scale[1] - scale[0]))
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = jnp.exp(log_lo + u[:, 1] * (log_hi - log_lo))
+    w = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
+    h = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    top = jnp.minimum(jnp.floor(u[:, 2] * (height - h + 1)).astype(jnp.int32), height - h)
+    left = jnp.minimum(jnp.floor(u[:, 3] * (width - w + 1)).astype(jnp.int32), width - w)
+    first = jnp.argmax(ok)
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fh, fw = height, int(round(height * max(ratio)))
+    else:
+        fw, fh = width, height
+    fallback = jnp.array([(height - fh) // 2, (width - fw) // 2, fh, fw], jnp.int32)
+    chosen = jnp.stack([top[first], left[first], h[first], w[first]])
+    return jnp.where(ok.any(), chosen, fallback)
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-image view parameters.
+
+
+class QueryParams(NamedTuple):
+    """One image's query-view randomness."""
+
+    crop: jax.Array  # (4,) int32 top, left, height, width
+    flip: jax.Array  # () bool
+    jitter: jax.Array  # (3,) brightness, contrast, saturation factors
+    jitter_order: jax.Array  # (3,) permutation of 0, 1, 2
+    randaugment: RandAugmentDraw
+
+
+class KeyParams(NamedTuple):
+    """One image's key-view randomness."""
+
+    crop: jax.Array
+    flip: jax.Array
+    jitter: jax.Array
+    jitter_order: jax.Array
+    gray: jax.Array  # () bool
+    blur: jax.Array  # () bool
+    sigma: jax.Array  # () float32
+
+
+# Each view draws ONE block of uniforms per example and slices it: one threefry call keeps the
+# compiled program small (every separate draw is its own threefry kernel). Both views start with
+# the same layout: crop attempts, flip, 6 jitter uniforms.
+_CROP_U = CROP_ATTEMPTS * 4
+_COMMON_U = _CROP_U + 7
+
+
+def _crop_flip_jitter(
+    u: jax.Array, height: int, width: int, s: ViewSettings
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Crop box, flip, jitter factors (uniform in [max(0, 1 - s), 1 + s]) and a random order."""
+    crop_u = u[:_CROP_U].reshape(CROP_ATTEMPTS, 4)
+    crop = crop_params_from_uniforms(crop_u, height, width, s.scale, s.ratio)
+    lo = jnp.array([max(0.0, 1.0 - v) for v in s.jitter], jnp.float32)
+    hi = jnp.array([1.0 + v for v in s.jitter], jnp.float32)
+    factors = lo + u[_CROP_U + 1 : _CROP_U + 4] * (hi - lo)
+    order = jnp.argsort(u[_CROP_U + 4 : _COMMON_U]).astype(jnp.int32)
+    return crop, u[_CROP_U] < 0.5, factors, order
+
+
+def sample_query_params(
+    key: jax.Array, height: int, width: int, settings: ViewSettings
+) -> QueryParams:
+    """Draws one image's query-view parameters."""
+    u = jax.random.uniform(key, (_COMMON_U + 4 * settings.ra_n,), jnp.float32)
+    crop, flip, factors, order = _crop_flip_jitter(u, height, width, settings)
+    ra_u = u[_COMMON_U:].reshape(settings.ra_n, 4)
+    return QueryParams(
+        crop=crop,
+        flip=flip,
+        jitter=factors,
+        jitter_order=order,
+        randaugment=randaugment.randaugment_from_uniforms(ra_u, settings.ra_m, settings.ra_mstd),
+    )
+
+
+def sample_key_params(key: jax.Array, height: int, width: int, settings: ViewSettings) -> KeyParams:
+    """Draws one image's key-view parameters."""
+    u = jax.random.uniform(key, (_COMMON_U + 3,), jnp.float32)
+    crop, flip, factors, order = _crop_flip_jitter(u, height, width, settings)
+    lo, hi = settings.blur_sigma
+    return KeyParams(
+        crop=crop,
+        flip=flip,
+        jitter=factors,
+        jitter_order=order,
+        gray=u[_COMMON_U] < settings.gray_p,
+        blur=u[_COMMON_U + 1] < settings.blur_p,
+        sigma=lo + u[_COMMON_U + 2] * (hi - lo),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# One image's view from its parameters.
+
+
+def _crop_flip_matrix(crop: jax.Array, flip: jax.Array, out_size: int) -> jax.Array:
+    top, left, h, w = (crop[i].astype(jnp.float32) for i in range(4))
+    base = geometry.crop_matrix(top, left, h, w, out_size, out_size)
+    flip_m = jnp.where(flip, geometry.flip_matrix(out_size), jnp.eye(3, dtype=jnp.float32))
+    return base @ flip_m
+
+
+def query_view_from_params(image: jax.Array, params: QueryParams, out_size: int) -> jax.Array:
+    """One image's query view in [0, 1]: one warp (crop, flip, RandAugment geometry), then colour.
+
+    Fill enters at the RandAugment stage whose geometric op brings it in, so it skips the jitter
+    and earlier colour ops, as in torchvision (see the package docstring).
+    """
+    geometry.check_image(image)
+    ra = params.randaugment
+    n = ra.op.shape[0]
+    geometric = ra.apply & (ra.op < randaugment.NUM_GEOMETRIC_OPS)
+    eye = jnp.eye(3, dtype=jnp.float32)
+    if n:
+        stages = jax.vmap(randaugment.randaugment_matrix, in_axes=(0, 0, 0, None))(
+            ra.op, ra.level, ra.sign, out_size
+        )
+        stages = jnp.where(geometric[:, None, None], stages, eye)
+    else:
+        stages = jnp.zeros((0, 3, 3), jnp.float32)
+    base = _crop_flip_matrix(params.crop, params.flip, out_size)
+    img, outside = geometry.resample_chain(image, base, stages, out_size)
+    outside = outside & geometric[:, None, None]
+    # The crop canvas torchvision's colour ops see until the first geometric op: global statistics
+    # (contrast's mean, equalize's histogram) are taken from it while it is still current.
+    canvas = geometry.warp_affine(image, base, out_size)
+    img = colour.color_jitter(img, params.jitter, params.jitter_order, reference=canvas)
+    canvas = colour.color_jitter(canvas, params.jitter, params.jitter_order)
+    if not n:
+        return jnp.clip(img, 0.0, 1.0)
+    fill = jnp.asarray(randaugment.RANDAUGMENT_FILL, jnp.float32) / 255.0
+    # later_fill[k]: pixels that a geometric op after stage k fills.
+    from_k = jnp.cumsum(outside[::-1].astype(jnp.int32), axis=0)[::-1] > 0
+    later_fill = jnp.concatenate([from_k[1:], jnp.zeros_like(from_k[:1])])
+
+    def stage(carry, xs):
+        img, canvas, warped = carry
+        op, level, apply, geo, fill_here, fill_later = xs
+        img = jnp.where(fill_here[..., None], fill, img)
+        # Before any geometric op the crop canvas is current; afterwards use the warped canvas
+        # minus what later geometric ops fill.
+        reference = jnp.where(warped, img, canvas)
+        mask = ~warped | ~fill_later
+        img = jnp.where(apply, randaugment.randaugment_colour(img, op, level, mask, reference), img)
+        canvas = jnp.where(apply, randaugment.randaugment_colour(canvas, op, level), canvas)
+        return (img, canvas, warped | geo), None
+
+    # A scan compiles the stage once, whatever n is.
+    xs = (ra.op, ra.level, ra.apply, geometric, outside, later_fill)
+    (img, _, _), _ = jax.lax.scan(stage, (img, canvas, jnp.bool_(False)), xs)
+    return jnp.clip(img, 0.0, 1.0)
+
+
+def key_view_from_params(
+    image: jax.Array, params: KeyParams, out_size: int, blur_radius: int
+) -> jax.Array:
+    """One image's key view in [0, 1]: crop + flip warp, jitter, grayscale, blur."""
+    geometry.check_image(image)
+    base = _crop_flip_matrix(params.crop, params.flip, out_size)
+    img = geometry.warp_affine(image, base, out_size)
+    img = colour.color_jitter(img, params.jitter, params.jitter_order)
+    img = jnp.where(params.gray, colour.grayscale(img), img)
+    img = jnp.where(params.blur, colour.gaussian_blur(img, params.sigma, blur_radius), img)
+    return jnp.clip(img, 0.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Batched public API.
+
+
+def _check_images(images: jax.Array) -> jax.Array:
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be (B, H, W, 3), got shape {images.shape}")
+    if images.dtype != jnp.uint8:
+        raise ValueError(f"images must be uint8, got {images.dtype}")
+    return images.astype(jnp.float32) / 255.0
+
+
+def _check_out_size(out_size: int) -> int:
+    if not isinstance(out_size, int | np.integer) or out_size <= 0:
+        raise ValueError(f"out_size must be a positive int, got {out_size!r}")
+    return int(out_size)
+
+
+def _example_keys(rng: jax.Array, batch: int) -> jax.Array:
+    """One typed key per example: split a single key, or take a (B,) batch of keys as given."""
+    if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(rng)
+    if rng.ndim == 0:
+        return jax.random.split(rng, batch)
+    if rng.shape == (batch,):
+        return rng
+    raise ValueError(f"rng must be one key or one key per example ({batch},), got {rng.shape}")
+
+
+def normalize(view01: jax.Array, settings: ViewSettings) -> jax.Array:
+    """(view - mean) / std: the model's input scaling, shared by every view."""
+    mean = jnp.asarray(settings.mean, jnp.float32)
+    return (view01 - mean) / jnp.asarray(settings.std, jnp.float32)
+
+
+def _random_views(
+    rng: jax.Array,
+    images_uint8: jax.Array,
+    out_size: int,
+    settings: ViewSettings,
+    sample: Callable[[jax.Array, int, int, ViewSettings], Any],
+    render: Callable[[jax.Array, Any, int], jax.Array],
+) -> tuple[jax.Array, jax.Array]:
+    """Checks the batch, draws per-example parameters, renders them and normalises."""
+    x = _check_images(images_uint8)
+    out_size = _check_out_size(out_size)
+    b, h, w, _ = x.shape
+    keys = _example_keys(rng, b)
+    params = jax.vmap(lambda k: sample(k, h, w, settings))(keys)
+    view01 = jax.vmap(lambda im, p: render(im, p, out_size))(x, params)
+    return view01, normalize(view01, settings)
+
+
+def query_view(
+    rng: jax.Array, images_uint8: jax.Array, *, out_size: int, settings: ViewSettings
+) -> tuple[jax.Array, jax.Array]:
+    """Query views of a uint8 (B, S, S, 3) batch: (view01, normed), float32 (B, M, M, 3)."""
+    return _random_views(
+        rng, images_uint8, out_size, settings, sample_query_params, query_view_from_params
+    )
+
+
+def key_view(
+    rng: jax.Array, images_uint8: jax.Array, *, out_size: int, settings: ViewSettings
+) -> tuple[jax.Array, jax.Array]:
+    """Key views of a uint8 (B, S, S, 3) batch: (view01, normed), float32 (B, M, M, 3).
+
+    The blur radius is static, ceil(3 * sigma_max), so every example shares one kernel size.
+    """
+    radius = colour.blur_radius(settings.blur_sigma[1])
+    render = functools.partial(key_view_from_params, blur_radius=radius)
+    return _random_views(rng, images_uint8, out_size, settings, sample_key_params, render)
+
+
+def eval_view(images_uint8: jax.Array, *, out_size: int, settings: ViewSettings) -> jax.Array:
+    """Evaluation view: short side to out_size * eval_resize_ratio, centre crop, normalise.
+
+    torchvision `Resize(round(out_size * ratio))` + `CenterCrop(out_size)`; the resize is bilinear
+    with antialiasing when shrinking (as PIL's BILINEAR resize).
+    """
+    x = _check_images(images_uint8)
+    out_size = _check_out_size(out_size)
+    b, h, w, c = x.shape
+    short = int(round(out_size * settings.eval_resize_ratio))
+    if h <= w:
+        new_h, new_w = short, int(short * w / h)
+    else:
+        new_h, new_w = int(short * h / w), short
+    x = jax.image.resize(x, (b, new_h, new_w, c), method="linear", antialias=True)
+    top = int(round((new_h - out_size) / 2.0))
+    left = int(round((new_w - out_size) / 2.0))
+    x = jnp.clip(x[:, top : top + out_size, left : left + out_size], 0.0, 1.0)
+    return normalize(x, settings)

@@ -1,0 +1,68 @@
+"""Every shipped config, and every config invocation the docs show, loads and passes the checks.
+
+The README's switch table must list exactly the values the config checks accept, which come from
+the modules implementing each switch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+import re
+
+import pytest
+
+from spmix_jax import config_checks
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted(
+    p.stem for p in (ROOT / "configs").glob("*.py") if p.stem not in ("__init__", "common")
+)
+DOCS = [ROOT / "README.md", *sorted((ROOT / "launch").glob("*")), *sorted(ROOT.glob("docs/*.md"))]
+_INVOCATION = re.compile(r"configs/(\w+)\.py(?::([\w=/.+,-]+))?")
+
+
+def _documented_invocations() -> list[tuple[str, str]]:
+    """(config name, argument) for each `configs/x.py[:arg]` in the README, docs and launch/."""
+    found = set()
+    for path in DOCS:
+        if not path.is_file():
+            continue
+        for name, arg in _INVOCATION.findall(path.read_text()):
+            if name in CONFIG_FILES:
+                found.add((name, arg.rstrip(".,")))
+    return sorted(found)
+
+
+INVOCATIONS = sorted({(name, "") for name in CONFIG_FILES} | set(_documented_invocations()))
+
+
+def _load(name: str, arg: str):
+    module = importlib.import_module(f"configs.{name}")
+    return module.get_config(arg or None)
+
+
+@pytest.mark.parametrize(("name", "arg"), INVOCATIONS, ids=[f"{n}:{a}" for n, a in INVOCATIONS])
+def test_config_loads_and_passes_checks(name, arg):
+    config = _load(name, arg)
+    # Every shipped config must also be valid on one device and on an 8-device host.
+    config_checks.check_config(config, num_devices=1)
+    config_checks.check_config(config, num_devices=8)
+
+
+def test_every_config_file_is_documented_somewhere():
+    documented = {name for name, _ in _documented_invocations()}
+    assert set(CONFIG_FILES) <= documented, set(CONFIG_FILES) - documented
+
+
+def test_readme_switch_table_matches_the_checks():
+    """Each row `| field | values |` of the README's switch table names exactly the valid values."""
+    text = (ROOT / "README.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and re.fullmatch(r"`[a-z_]+\.[a-z_]+`", cells[0]):
+            rows[cells[0].strip("`")] = set(re.findall(r"`([^`]+)`", cells[1]))
+    for field, valid in config_checks.CHOICES.items():
+        assert field in rows, f"README switch table lacks {field}"
+        assert rows[field] == set(valid), (field, rows[field], valid)
