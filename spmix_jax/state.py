@@ -9,7 +9,7 @@ evaluation, figures, benchmarks and tests.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax
 import jax
@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from spmix_jax import key_encoder, sharding
+from spmix_jax import key_encoder, pretrained, sharding
 from spmix_jax import queue as queue_lib
 
 
@@ -34,6 +34,10 @@ class TrainState:
     key_params: Any  # EMA key encoder; None with model.key_encoder == 'shared'
     key_batch_stats: Any
     queue: queue_lib.KeyQueue
+
+    if TYPE_CHECKING:  # added by flax.struct.dataclass; declared for type checkers
+
+        def replace(self, **updates: Any) -> TrainState: ...
 
 
 def initializer(
@@ -86,8 +90,6 @@ def load_pretrained(
     """Replaces the initial weights with `model.init_from`'s; the key encoder starts as a copy."""
     if not config.model.init_from:
         return state
-    from spmix_jax import pretrained  # only needed for pretrained starts
-
     host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     loaded = pretrained.load_into(config, host)
     own_keys = key_encoder.has_own_parameters(config.model.key_encoder)
