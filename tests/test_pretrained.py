@@ -15,8 +15,11 @@ import optax
 import pytest
 import safetensors.numpy
 
-from configs import common
-from spmix_jax import checkpointing, optimizer, pretrained
+from configs import common, tiny
+from spmix_jax import checkpointing, optimizer, pretrained, sharding, train
+from spmix_jax import state as state_lib
+from spmix_jax import step as step_lib
+from spmix_jax.models import make_model
 from spmix_jax.models.resnet import ResNetTrunk, avg_pool_ceil
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "pretrained"
@@ -251,21 +254,50 @@ def test_project_checkpoint_backbone_and_optionally_heads(tmp_path, capsys):
     jax.tree.map(np.testing.assert_array_equal, with_heads["batch_stats"], donor["batch_stats"])
 
 
-def test_key_encoder_starts_as_a_copy_of_the_loaded_query_encoder():
-    from spmix_jax import sharding
-    from spmix_jax import state as state_lib
-
-    if not hasattr(state_lib, "create"):
-        pytest.skip("state.create is not available")
-    config = _config("mu/8", 32, str(FIXTURES / "vit_mu8.safetensors"))
-    config.model.key_encoder = "ema"
-    model = pretrained.make_model(config)
-    tx = optimizer.make_optimizer(config, 64)
-    state = state_lib.create(config, model, tx, sharding.make_mesh(), jax.random.PRNGKey(0))
-    sd = safetensors.numpy.load_file(str(FIXTURES / "vit_mu8.safetensors"))
-    np.testing.assert_array_equal(state.params["backbone"]["cls"], sd["cls_token"])
+@pytest.mark.slow  # compiles the hybrid train step (about a minute on 2 cores)
+def test_one_training_step_from_a_loaded_hybrid_start():
+    """The train state starts from the file (key encoder a copy); one step trains the trunk."""
+    config = tiny.get_config()
+    config.model.variant = "Rmu+mu/16"
+    config.model.image_size = 32  # the fixture's 4x4 position grid is resampled to 2x2
+    config.model.init_from = str(FIXTURES / "hybrid_rmu.safetensors")
+    config.optim.warmup_epochs = 0.0
+    num_train = config.data.synthetic.num_train
+    mesh, model = sharding.make_mesh(), make_model(config)
+    tx = optimizer.make_optimizer(config, num_train)
+    state = state_lib.create(config, model, tx, mesh, jax.random.PRNGKey(0))
+    sd = safetensors.numpy.load_file(str(FIXTURES / "hybrid_rmu.safetensors"))
+    trunk = state.params["backbone"]["trunk"]
+    np.testing.assert_array_equal(
+        trunk["stem_conv1"]["kernel"],
+        sd["patch_embed.backbone.conv1.0.weight"].transpose(2, 3, 1, 0),
+    )
     jax.tree.map(np.testing.assert_array_equal, state.key_params, state.params)
     jax.tree.map(np.testing.assert_array_equal, state.key_batch_stats, state.batch_stats)
+    before = jax.tree.map(np.array, jax.device_get(state))
+
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    log_prior = np.log(np.full(7, 1 / 7, np.float32))
+    step = train.jit_train_step(config, model, tx, log_prior, num_train, shardings, mesh)
+    rng = np.random.default_rng(0)
+    host = {
+        f"{who}_image": rng.integers(0, 256, (16, 40, 40, 3), dtype=np.uint8)
+        for who in ("primary", "secondary")
+    }
+    host |= {
+        f"{who}_label": rng.integers(0, 7, 16).astype(np.int32) for who in ("primary", "secondary")
+    }
+    host |= {f"{who}_index": np.arange(16, dtype=np.int32) for who in ("primary", "secondary")}
+    new, metrics = step(state, sharding.global_batch(host, mesh))
+    assert np.isfinite(step_lib.metrics_to_host(metrics)["loss"])
+    after = jax.device_get(new)
+    for path in (("stem_conv1", "kernel"), ("layer3_0", "conv3", "kernel")):
+        old, cur = before.params["backbone"]["trunk"], after.params["backbone"]["trunk"]
+        for key in path:
+            old, cur = old[key], cur[key]
+        assert not np.array_equal(old, cur), path  # gradients reach the trunk
+    old_bn = before.batch_stats["backbone"]["trunk"]["stem_bn1"]["mean"]
+    assert not np.array_equal(old_bn, after.batch_stats["backbone"]["trunk"]["stem_bn1"]["mean"])
 
 
 def test_hybrid_trunk_batchnorm_train_and_inference():

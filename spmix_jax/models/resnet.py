@@ -21,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +48,15 @@ def avg_pool_ceil(x: jax.Array, stride: int) -> jax.Array:
 
     A window that runs past the bottom/right edge averages only the pixels it covers.
     """
-    h, w = x.shape[1:3]
-    pad = ((0, 0), (0, -h % stride), (0, -w % stride), (0, 0))
-    window = (1, stride, stride, 1)
-    total = jax.lax.reduce_window(x, jnp.array(0, x.dtype), jax.lax.add, window, window, pad)
-    ones = jnp.ones((1, h, w, 1), x.dtype)
-    count = jax.lax.reduce_window(ones, jnp.array(0, x.dtype), jax.lax.add, window, window, pad)
-    return total / count
+    b, h, w, c = x.shape
+    ph, pw = -h % stride, -w % stride
+    x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
+    gh, gw = (h + ph) // stride, (w + pw) // stride
+    total = x.reshape(b, gh, stride, gw, stride, c).sum(axis=(2, 4))
+    # Pixels each window covers inside the image (static), so padding never counts.
+    covered = np.pad(np.ones((h, w), np.float32), ((0, ph), (0, pw)))
+    count = covered.reshape(gh, stride, gw, stride).sum(axis=(1, 3))
+    return total / jnp.asarray(count, x.dtype)[None, :, :, None]
 
 
 class BottleneckD(nn.Module):
