@@ -67,6 +67,34 @@ class JpegFolderSource:
         }
 
 
+def make_jpegs(root: str | os.PathLike, count: int, hw: tuple[int, int] = (450, 600)) -> None:
+    """Writes `count` lesion-like JPEGs of HAM10000's size (450 x 600) and a one-hot labels.csv.
+
+    For machines without the data: 64 distinct images are drawn (`input_pipeline.synthetic`) and
+    repeated under different names, which costs the decoder the same as distinct files.
+    """
+    from input_pipeline.synthetic import SyntheticSource
+
+    root = pathlib.Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    source = SyntheticSource(max(count, 64), 150, 20.0, 0, "train")
+    encoded = []
+    for i in range(min(count, 64)):
+        record = source[i]
+        buf = io.BytesIO()
+        Image.fromarray(record["image"]).resize((hw[1], hw[0]), Image.Resampling.BILINEAR).save(
+            buf, format="JPEG", quality=90
+        )
+        encoded.append((buf.getvalue(), int(record["label"])))
+    with open(root / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", *CLASS_NAMES])
+        for i in range(count):
+            data, label = encoded[i % len(encoded)]
+            (root / "images" / f"SYN_{i:07d}.jpg").write_bytes(data)
+            writer.writerow([f"SYN_{i:07d}", *(float(c == label) for c in range(len(CLASS_NAMES)))])
+
+
 def _machine() -> dict[str, Any]:
     model = ""
     try:
@@ -208,7 +236,22 @@ def main() -> None:
     parser.add_argument(
         "--parts_pairs", type=int, default=256, help="pairs timed for the decode/resize split"
     )
+    parser.add_argument(
+        "--make_jpegs",
+        type=int,
+        default=0,
+        help="first write this many synthetic 450x600 JPEGs + labels.csv into --data_dir",
+    )
+    parser.add_argument(
+        "--step_pairs_per_s",
+        type=float,
+        default=0.0,
+        help="the train step's pairs/s (compare_step.py): reports the host cores it needs",
+    )
+    parser.add_argument("--out", default="", help="also write the JSON here")
     args = parser.parse_args()
+    if args.make_jpegs:
+        make_jpegs(args.data_dir, args.make_jpegs)
 
     from absl import flags
 
@@ -263,7 +306,20 @@ def main() -> None:
         ],
     }
     result["load_average_1min_after"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(result, indent=2))
+    if args.step_pairs_per_s > 0:
+        per_core = result["parts"]["pairs_per_s_one_core"]
+        need = args.step_pairs_per_s / per_core
+        result["host_vs_step"] = {
+            "step_pairs_per_s": args.step_pairs_per_s,
+            "host_pairs_per_s_per_core": per_core,
+            "host_cores_needed": round(need, 2),
+            "host_keeps_up": bool(need <= result["machine"]["cpus_usable"]),
+        }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

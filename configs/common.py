@@ -48,6 +48,18 @@ def parse_arg(arg: str | None, lazy: bool = False, **spec) -> ml_collections.Con
     return result
 
 
+def tiny_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The smallest network that exercises every part (2-block ViT, 16 px, narrow heads).
+
+    The one tiny preset: tests, `configs/tiny.py` and the `runlocal` smoke runs all use it.
+    """
+    c.model.variant = "mu/8"
+    c.model.image_size = 16
+    c.model.proj_hidden = 16
+    c.model.proj_dim = 8
+    return c
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The full schema with the method's defaults (paper wording where paper and code differ)."""
     c = ml_collections.ConfigDict()
@@ -64,7 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.test_split = "test"
     c.data.num_classes = 7
     c.data.class_names = ISIC_CLASSES
-    c.data.image_size = 64  # the host decodes and resizes to this square size
+    c.data.image_size = 64  # the host resizes each image's short side to this size
+    # Training frame: short side image_size, long side x this (1: square); images are kept whole
+    # in it (padded, with a valid box the device crops from); evaluation uses a centre square.
+    c.data.image_aspect = 1.0
     # Built-in synthetic long-tailed data (input_pipeline/synthetic.py).
     c.data.synthetic = ml_collections.ConfigDict()
     c.data.synthetic.num_train = 1400
@@ -123,7 +138,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mix.ratio = "patch"  # patch | global | random
     c.mix.alpha = 0.8
     c.mix.r_min = 0.5
-    c.mix.noise = 0.0  # uniform noise added to patch saliency before normalising (code: 0.5)
+    c.mix.noise = 0.0  # half-width of U[-n, n) per-pixel noise on the standardised map (code: 0.5)
     c.mix.beta_a = 1.0  # Beta(a, a) / Beta(a, 1) for the mixup-family baselines
 
     # --- loss (docs/method.md section 8) ----------------------------------------------------------
@@ -134,7 +149,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.gamma = 1.0
     c.loss.temperature = 0.2
     c.loss.queue_size = 8192
-    c.loss.queue_init = "random"  # random (unit vectors, random labels) | empty (masked)
+    c.loss.queue_init = "random"  # random (unit vectors) | empty (masked) | released (see queue.py)
     c.loss.key_logits_from_query = False  # True reproduces the released code
 
     # --- optimisation (docs/method.md section 9) --------------------------------------------------
@@ -142,6 +157,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.base_lr = 5e-6  # at optim.base_batch, scaled linearly with input.batch_size
     c.optim.base_batch = 16
     c.optim.weight_decay = 0.1
+    c.optim.decay_all = False  # True: decay every parameter (released code), not only weights
+    c.optim.schedule = "per_step"  # per_step (warmup from 0) | released (per epoch, from lr / W)
     c.optim.warmup_epochs = 10.0
     c.optim.epochs = 500.0
     c.optim.total_steps = 0  # > 0 overrides epochs
@@ -155,6 +172,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 1000
     c.train.keep_checkpoints = 3
     c.train.max_steps_per_run = 0  # > 0: stop after this many steps in one process (testing)
+    c.train.profile_steps = 0  # > 0: capture a profiler trace of this many steps (TensorBoard)
+    c.train.pairs_every_eval = True  # log a figure of mixed pairs at every periodic evaluation
     c.eval = ml_collections.ConfigDict()
     c.eval.checkpoint = "best"  # latest | best | <step>
     c.eval.split = ""  # "" = data.eval_split

@@ -8,6 +8,8 @@ from configs import common
 
 def get_config(arg: str | None = None):
     a = common.parse_arg(arg, steps=2500, variant="mu/8")
+    if a.steps <= 0:  # 0 would silently mean optim.epochs worth of steps instead
+        raise ValueError(f"steps={a.steps}: give a positive number of training steps")
     c = common.base_config()
     c.data.name = "synthetic"
     c.data.image_size = 40

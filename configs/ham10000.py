@@ -1,7 +1,10 @@
 """SPMix on a HAM10000-style folder (images/ + labels.csv [+ metadata.csv with lesion ids]).
 
 The dataset is built on first use from `data.source_dir` into `data.data_dir` with a
-lesion-grouped, stratified 80/10/10 train/validation/test split (seed 0).
+lesion-grouped, stratified 80/10/10 train/validation/test split (seed 0). Say where the source
+folder is, once: set the environment variable SPMIX_HAM10000_DIR, or pass
+`--config.data.source_dir=/path/to/ham10000` (no default: the folder is yours, outside the
+repository). Once built, the dataset is read from `data.data_dir` and the source is not needed.
 
     # CPU-sized run (small ViT at 64 px):
     python -m spmix_jax.main --config=configs/ham10000.py --workdir=workdir/ham_cpu
@@ -13,13 +16,8 @@ Environment: SPMIX_HAM10000_DIR (source folder), SPMIX_DATA_DIR (where datasets 
 """
 
 import os
-import pathlib
 
 from configs import common
-
-_DEFAULT_SOURCE = str(
-    pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000_subset"
-)
 
 
 def get_config(arg: str | None = None):
@@ -28,10 +26,11 @@ def get_config(arg: str | None = None):
     )
     c = common.base_config()
     c.data.name = "folder_csv"
-    c.data.source_dir = os.environ.get("SPMIX_HAM10000_DIR", _DEFAULT_SOURCE)
+    c.data.source_dir = os.environ.get("SPMIX_HAM10000_DIR", "")
     c.data.data_dir = os.environ.get("SPMIX_DATA_DIR", os.path.expanduser("~/spmix_data"))
     c.saliency.method = a.saliency
     c.input.worker_count = 0
+    c.data.image_aspect = 4.0 / 3.0  # HAM10000 is 600x450: crops from the whole image
     if a.full:
         c.data.image_size = 256
         c.model.variant = a.variant or "S/16"

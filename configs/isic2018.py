@@ -14,7 +14,8 @@ run), recipe and init (docs/pretrained.md):
 * recipe= (default): the paper's settings, ViT from scratch unless init= names a checkpoint;
 * recipe=released: the released code's recipe: R50d+timm_small/16 at 224 whose ResNet-50d trunk
   starts from init= (timm's resnet50d ImageNet model.safetensors), AdamW 5e-6 at batch 16
-  (scaled), weight decay 0.1, 500 epochs, 10 warmup; instance primary sampling, shared key
+  (scaled), weight decay 0.1 on every parameter, 500 epochs with the per-epoch schedule and 10
+  warmup epochs, the released queue initialisation; instance primary sampling, shared key
   encoder, saliency noise 0.5:
 
     python -m spmix_jax.main \
@@ -66,6 +67,7 @@ def get_config(arg: str | None = None):
     c.data.builder_config = a.split
     c.data.data_dir = os.environ.get("SPMIX_DATA_DIR", os.path.expanduser("~/spmix_data"))
     c.data.image_size = 256
+    c.data.image_aspect = 4.0 / 3.0  # 600x450 images: 256x341 frames, crops from the whole image
     variant, epochs, warmup, primary, key = recipe
     c.model.variant = a.variant or variant
     c.model.image_size = 224
@@ -85,6 +87,9 @@ def get_config(arg: str | None = None):
         c.optim.base_lr = 5e-6
         c.optim.base_batch = 16
         c.optim.weight_decay = 0.1
+        c.optim.decay_all = True  # AdamW over model.parameters(): biases and norms decay too
+        c.optim.schedule = "released"  # set per epoch, warmup from lr / 10
+        c.loss.queue_init = "released"  # randn(K, d) normalised along the queue axis
         c.mix.noise = 0.5  # the released per-pixel noise on the standardised saliency map
         # The released code also takes the key branch's logits from the query branch; switch it
         # on with --config.loss.key_logits_from_query=True.

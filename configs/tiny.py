@@ -8,6 +8,8 @@ from configs import common
 
 def get_config(arg: str | None = None):
     a = common.parse_arg(arg, steps=6, saliency="fine_grained")
+    if a.steps <= 0:  # 0 would silently mean optim.epochs worth of steps instead
+        raise ValueError(f"steps={a.steps}: give a positive number of training steps")
     c = common.base_config()
     c.data.name = "synthetic"
     c.data.image_size = 24
@@ -15,10 +17,7 @@ def get_config(arg: str | None = None):
     c.data.synthetic.num_eval = 40
     c.input.batch_size = 16
     c.input.eval_batch_size = 16
-    c.model.variant = "mu/8"
-    c.model.image_size = 16
-    c.model.proj_hidden = 16
-    c.model.proj_dim = 8
+    common.tiny_model(c)
     c.saliency.method = a.saliency
     c.loss.queue_size = 32
     c.optim.base_lr = 1e-3

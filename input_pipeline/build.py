@@ -33,6 +33,7 @@ from configs.common import ISIC_CLASSES
 from input_pipeline import builders
 from input_pipeline.builders import base, folder_csv, isic2018
 from input_pipeline.builders.csv_layout import DataError
+from spmix_jax import cli
 
 _SPLIT_ORDER = ("train", "validation", "test")
 
@@ -123,6 +124,7 @@ def build_dataset(
         )
     ds_builder = make_builder(builder, data_dir, manual_dir=manual_dir, **kwargs)
     target = epath.Path(ds_builder.data_dir)
+    _recover_interrupted_swap(target)
     if target.exists() and not overwrite:
         stored = _stored_params(target)
         wanted = ds_builder.recorded_params()
@@ -134,10 +136,41 @@ def build_dataset(
             )
         logging.info("Reusing the dataset at %s", target)
         return os.fspath(target)
-    if target.exists():
-        logging.info("Removing %s to rebuild it", target)
-        target.rmtree()
-    logging.info("Building %s into %s", ds_builder.info.full_name, target)
+    if not target.exists():
+        logging.info("Building %s into %s", ds_builder.info.full_name, target)
+        _prepare(ds_builder, manual_dir)  # TFDS writes to a temporary folder, then renames
+        try:
+            validate_dataset(target)
+        except DataError:
+            target.rmtree()
+            raise
+        return os.fspath(target)
+    # Rebuild next to the target and swap it in only once it is complete and valid: a failed or
+    # killed rebuild leaves the old dataset as it was.
+    staging = epath.Path(data_dir) / f"{_STAGING_PREFIX}{os.getpid()}"
+    if staging.exists():
+        staging.rmtree()
+    staged_builder = make_builder(builder, os.fspath(staging), manual_dir=manual_dir, **kwargs)
+    staged = epath.Path(staged_builder.data_dir)
+    logging.info("Rebuilding %s into %s before replacing it", target, staged)
+    try:
+        _prepare(staged_builder, manual_dir)
+        validate_dataset(staged)
+        backup = target.parent / f".{target.name}{_BACKUP_INFIX}{os.getpid()}"
+        target.rename(backup)
+        staged.rename(target)
+        backup.rmtree()
+    finally:
+        if staging.exists():
+            staging.rmtree()
+    return os.fspath(target)
+
+
+_STAGING_PREFIX = ".spmix_rebuild_"
+_BACKUP_INFIX = ".replaced_by_"
+
+
+def _prepare(ds_builder: tfds.core.DatasetBuilder, manual_dir: str) -> None:
     with tempfile.TemporaryDirectory(prefix="spmix_build_") as scratch:
         download_config = tfds.download.DownloadConfig(
             manual_dir=manual_dir or None,
@@ -145,7 +178,64 @@ def build_dataset(
             try_download_gcs=False,
         )
         ds_builder.download_and_prepare(download_dir=scratch, download_config=download_config)
-    return os.fspath(target)
+
+
+def _recover_interrupted_swap(target: epath.Path) -> None:
+    """Puts back a dataset moved aside by a rebuild that was killed between its two renames,
+    and removes staging folders of rebuilds that died."""
+    if not target.parent.is_dir():
+        return
+    if not target.exists():
+        backups = sorted(target.parent.glob(f".{target.name}{_BACKUP_INFIX}*"))
+        if backups:
+            logging.warning("Restoring %s from an interrupted rebuild (%s)", target, backups[-1])
+            backups[-1].rename(target)
+    for path in target.parent.glob(f".{target.name}{_BACKUP_INFIX}*"):
+        path.rmtree()
+    data_dir = target.parent.parent.parent  # <data_dir>/<builder>/<config>/<version>
+    for staging in data_dir.glob(f"{_STAGING_PREFIX}*"):
+        pid = staging.name[len(_STAGING_PREFIX) :]
+        if pid.isdigit() and not _alive(int(pid)):
+            staging.rmtree()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def validate_dataset(path: str | os.PathLike) -> None:
+    """Refuses a built dataset whose splits, counts or metadata do not agree with each other.
+
+    Checks that the metadata names every split TFDS wrote, that each split's stored labels, its
+    `num_examples` and the records actually readable have the same length, and that the class
+    names agree with the label feature.
+    """
+    meta = load_build_metadata(path)
+    built = tfds.builder_from_directory(os.fspath(path))
+    if set(meta["splits"]) != set(built.info.splits):
+        raise DataError(
+            f"{path}: metadata lists splits {sorted(meta['splits'])} but TFDS wrote "
+            f"{sorted(built.info.splits)}"
+        )
+    names = list(built.info.features["label"].names)
+    if names != list(meta["class_names"]):
+        raise DataError(f"{path}: class names {names} differ from metadata {meta['class_names']}")
+    for split, info in meta["splits"].items():
+        readable = len(built.as_data_source(split))
+        counts = {
+            "metadata num_examples": info["num_examples"],
+            "stored labels": len(info["labels"]),
+            "TFDS split info": built.info.splits[split].num_examples,
+            "readable records": readable,
+        }
+        if len(set(counts.values())) != 1 or sum(info["class_counts"]) > readable:
+            raise DataError(f"{path}: split {split!r} is inconsistent: {counts}")
 
 
 def load_build_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -261,7 +351,8 @@ def define_flags() -> None:
         "split_fractions",
         ",".join(str(f) for f in folder_csv.DEFAULT_FRACTIONS),
         "folder_csv: fractions of train[,validation[,test]]; lesion-grouped, stratified by "
-        "class. '1' keeps everything in train; a 0 leaves that split out.",
+        "class. '1' keeps everything in train; a 0 leaves that split out; '0,0,1' keeps the "
+        "whole folder as a test split (to evaluate a trained model on it).",
     )
     flags.DEFINE_integer(
         "seed",
@@ -337,7 +428,9 @@ def main(argv: Sequence[str]) -> None:
         )
     try:
         path = build_dataset(name, FLAGS.data_dir, **kwargs)
-    except (DataError, ValueError) as e:
+    except ValueError as e:  # DataError / UserError, and the builders' checks of their options
+        if cli.verbose():
+            raise
         sys.exit(f"error: {e}")
     meta = load_build_metadata(path)
     print(f"\nDataset at {path}\n")
@@ -351,7 +444,7 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
     """Console-script entry point (`spmix-build-data`)."""
     define_flags()
-    app.run(main)
+    cli.run(main, __name__)
 
 
 if __name__ == "__main__":

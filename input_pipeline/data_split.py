@@ -26,9 +26,11 @@ class DataSplit:
 def as_rgb_uint8(image: Any, image_id: str = "?") -> np.ndarray:
     """A decoded image as the uint8 (H, W, 3) records carry: gray is repeated, alpha dropped.
 
-    Accepts (H, W) or (H, W, 1|3|4) uint8 pixels; errors name `image_id`.
+    Accepts (H, W) or (H, W, 1|3|4) uint8 or uint16 pixels; errors name `image_id`.
     """
     image = np.asarray(image)
+    if image.dtype == np.uint16:  # 16-bit samples: scaled by 255/65535, never clipped
+        image = np.round(image.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
     if image.dtype != np.uint8:
         raise ValueError(f"image {image_id!r} must be uint8, got {image.dtype}")
     if image.ndim == 2:

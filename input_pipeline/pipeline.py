@@ -12,24 +12,32 @@ Saving the iterator state with orbax (one JSON file per process; see `checkpoint
     manager.save(step, args=ocp.args.Composite(state=..., data=checkpoint_save_args(it)))
     manager.restore(step, args=ocp.args.Composite(state=..., data=checkpoint_restore_args(it)))
 or without orbax: `state = it.get_state()` (a JSON-serialisable dict) and `it.set_state(state)`.
+The state counts global batches, so it is the same on every process; `restore_saved_state` reads
+it from a checkpoint written by any number of processes.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import grain
 import numpy as np
+from etils import epath
 from PIL import Image
 
-from input_pipeline import sampling
+from input_pipeline import image_modes, sampling
 from input_pipeline.data_split import DataSplit, as_rgb_uint8
 
 # grain needs a finite length; this many pair positions is "forever" at any realistic speed.
 _STREAM_LENGTH = sys.maxsize // 2
+# Iterator settings added after states were first saved, with the value an older state meant.
+_SETTING_DEFAULTS = {"image_aspect": 1.0}
 
 
 def host_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -76,7 +84,7 @@ def decode_image(image: Any, image_size: int, image_id: str = "?") -> np.ndarray
             pil = Image.open(io.BytesIO(bytes(image)))
             if pil.format == "JPEG":
                 pil.draft("RGB", (image_size, image_size))
-            return pil.convert("RGB")
+            return image_modes.to_rgb(pil, image_id)
         except Exception as err:
             raise ValueError(f"cannot decode image {image_id!r}: {err}") from err
     return as_rgb_uint8(image, image_id)
@@ -100,6 +108,46 @@ def resize_centre_square(image: np.ndarray | Image.Image, image_size: int) -> np
     return np.asarray(image, dtype=np.uint8)
 
 
+def frame_shape(image_size: int, image_aspect: float = 1.0) -> tuple[int, int]:
+    """(height, width) of the training frame: short side `image_size`, long side x aspect."""
+    if image_aspect < 1.0:
+        raise ValueError(f"image_aspect must be >= 1 (long side / short side), got {image_aspect}")
+    return int(image_size), int(round(image_size * image_aspect))
+
+
+def resize_to_frame(
+    image: np.ndarray | Image.Image, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The whole image in a fixed (height, width) frame, and its valid region.
+
+    The short side goes to min(height, width) (one antialiased bilinear resampling); a side
+    longer than the frame is centre-cropped, a shorter one is centred and padded by repeating
+    its edge pixels (so that bilinear sampling at the border never reads a foreign colour).
+    Returns the uint8 (height, width, 3) frame and int32 (top, left, height, width) of the image
+    inside it. A square frame gives the centre square of `resize_centre_square`, box = frame.
+    """
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.ascontiguousarray(image))
+    src_w, src_h = image.size
+    scale = min(height, width) / min(src_w, src_h)
+    new_w, new_h = min(width, round(src_w * scale)), min(height, round(src_h * scale))
+    # The source region that fills (new_h, new_w): all of it, or its centre where it is cropped.
+    box_w, box_h = min(src_w, width / scale), min(src_h, height / scale)
+    left, top = (src_w - box_w) / 2.0, (src_h - box_h) / 2.0
+    if (new_w, new_h) != (src_w, src_h) or (box_w, box_h) != (src_w, src_h):
+        image = image.resize(
+            (new_w, new_h),
+            Image.Resampling.BILINEAR,
+            box=(left, top, left + box_w, top + box_h),
+        )
+    pixels = np.asarray(image, dtype=np.uint8)
+    pad_top, pad_left = (height - new_h) // 2, (width - new_w) // 2
+    if (new_h, new_w) != (height, width):
+        pad = ((pad_top, height - new_h - pad_top), (pad_left, width - new_w - pad_left), (0, 0))
+        pixels = np.pad(pixels, pad, mode="edge")
+    return np.ascontiguousarray(pixels), np.array([pad_top, pad_left, new_h, new_w], np.int32)
+
+
 def prepare_image(image: Any, image_size: int, image_id: str = "?") -> np.ndarray:
     """Decodes if needed, resizes the short side to `image_size` and crops the centre square."""
     return resize_centre_square(decode_image(image, image_size, image_id), image_size)
@@ -115,6 +163,24 @@ def _read(source: Any, labels: np.ndarray, index: int, image_size: int) -> np.nd
             f"the split's labels say {labels[index]}"
         )
     return prepare_image(record["image"], image_size, image_id)
+
+
+def _read_framed(
+    source: Any, labels: np.ndarray, index: int, frame: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training image of example `index` in the frame (whole image), and its valid region."""
+    record = source[index]
+    image_id = str(record.get("image_id", index))
+    if int(record["label"]) != int(labels[index]):
+        raise ValueError(
+            f"record {image_id!r} (index {index}) has label {record['label']} but "
+            f"the split's labels say {labels[index]}"
+        )
+    height, width = frame
+    decoded = decode_image(record["image"], max(frame), image_id)
+    if isinstance(decoded, np.ndarray) and decoded.shape[:2] == frame:
+        return np.ascontiguousarray(decoded), np.array([0, 0, height, width], np.int32)
+    return resize_to_frame(decoded, height, width)
 
 
 def _global_position(k: int, global_batch: int, host_batch: int, process_index: int) -> int:
@@ -136,17 +202,23 @@ class _TrainPair:
         process_index: int,
         primary: str,
         image_size: int,
+        image_aspect: float = 1.0,
     ):
         self.source, self.labels, self.sampler = source, labels, sampler
         self.global_batch, self.host_batch = global_batch, host_batch
         self.process_index, self.primary, self.image_size = process_index, primary, image_size
+        self.frame = frame_shape(image_size, image_aspect)
 
     def __call__(self, k: int) -> dict[str, np.ndarray]:
         position = _global_position(k, self.global_batch, self.host_batch, self.process_index)
         p, s = sampling.primary_secondary(*self.sampler.pair(position), self.primary)
+        primary_image, primary_box = _read_framed(self.source, self.labels, p, self.frame)
+        secondary_image, secondary_box = _read_framed(self.source, self.labels, s, self.frame)
         return {
-            "primary_image": _read(self.source, self.labels, p, self.image_size),
-            "secondary_image": _read(self.source, self.labels, s, self.image_size),
+            "primary_image": primary_image,
+            "secondary_image": secondary_image,
+            "primary_box": primary_box,
+            "secondary_box": secondary_box,
             "primary_label": np.int32(self.labels[p]),
             "secondary_label": np.int32(self.labels[s]),
             "primary_index": np.int32(p),
@@ -280,17 +352,20 @@ class PairBatchIterator(grain.DatasetIterator):
         return batch
 
     def get_state(self) -> dict[str, Any]:
-        """{'step': batches consumed, plus the settings}; JSON-serialisable."""
-        return {"step": self._step, **self._settings}
+        """{'step': global batches consumed, 'position': pairs consumed by all processes
+        together, plus the settings}; JSON-serialisable and the same on every process, so it
+        restores with any number of processes."""
+        position = self._step * int(self._settings["global_batch_size"])
+        return {"step": self._step, "position": position, **self._settings}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continues right after the batch at which `state` was taken."""
         if not isinstance(state, dict) or "step" not in state:
             raise ValueError(f"not a training iterator state: {state!r}")
         mismatched = {
-            key: (state.get(key), value)
+            key: (state.get(key, _SETTING_DEFAULTS.get(key)), value)
             for key, value in self._settings.items()
-            if state.get(key) != value
+            if state.get(key, _SETTING_DEFAULTS.get(key)) != value
         }
         if mismatched:
             raise ValueError(
@@ -299,12 +374,23 @@ class PairBatchIterator(grain.DatasetIterator):
         step = int(state["step"])
         if step < 0:
             raise ValueError(f"iterator state has a negative step {step}")
+        position = state.get("position")
+        if position is not None and int(position) != step * int(
+            self._settings["global_batch_size"]
+        ):
+            raise ValueError(f"iterator state has position {position} but step {step}")
         self._inner.close()
         self._inner = self._build(step)
         self._step = step
 
     def start_prefetch(self) -> None:
         self._inner.start_prefetch()
+
+    @property
+    def process_index_and_count(self) -> tuple[int, int]:
+        """(this process, number of processes) the iterator reads for."""
+        element = self._element
+        return element.process_index, element.global_batch // element.host_batch
 
     def close(self) -> None:
         if not self._closed:
@@ -320,6 +406,7 @@ def make_train_iterator(
     seed: int,
     balanced_q: float,
     primary: str,
+    image_aspect: float = 1.0,
     worker_count: int = 0,
     worker_buffer_size: int = 2,
     process_index: int | None = None,
@@ -328,8 +415,11 @@ def make_train_iterator(
 ) -> PairBatchIterator:
     """Infinite iterator of this host's training batches of pairs (checkpointable).
 
-    Batch keys: primary_image, secondary_image uint8 (b, S, S, 3); primary_label,
-    secondary_label, primary_index, secondary_index int32 (b,), b = global batch / processes.
+    Batch keys: primary_image, secondary_image uint8 (b, H, W, 3), each image whole in a frame of
+    short side H = image_size and long side W = round(H * image_aspect) (docs/method.md section
+    3); primary_box, secondary_box int32 (b, 4), the valid region (top, left, height, width) of
+    each frame, from which the device draws its crops; primary_label, secondary_label,
+    primary_index, secondary_index int32 (b,), b = global batch / processes.
     Deterministic in `seed` and independent of `worker_count` and `read_threads` (threads
     decoding ahead in each process; elements are whole batches).
     """
@@ -341,6 +431,7 @@ def make_train_iterator(
         )
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
+    frame_shape(image_size, image_aspect)  # refuses an aspect below 1
     process_index, process_count = _process_index_and_count(process_index, process_count)
     batch = host_batch_size(global_batch_size, process_count)
     labels = _check_split(data_split, for_training=True)
@@ -357,6 +448,7 @@ def make_train_iterator(
         process_index,
         primary,
         image_size,
+        image_aspect,
     )
     settings = {
         "split": str(data_split.split),
@@ -366,6 +458,7 @@ def make_train_iterator(
         "seed": int(seed),
         "balanced_q": float(balanced_q),
         "primary": primary,
+        "image_aspect": float(image_aspect),
     }
     return PairBatchIterator(
         element,
@@ -414,5 +507,49 @@ def checkpoint_save_args(iterator: grain.DatasetIterator) -> Any:
 
 
 def checkpoint_restore_args(iterator: grain.DatasetIterator) -> Any:
-    """orbax args that restore a saved state into `iterator` (built with the same arguments)."""
+    """orbax args that restore a saved state into `iterator` (built with the same arguments).
+
+    Needs the process count of the save; `restore_saved_state` does not.
+    """
     return grain.checkpoint.CheckpointRestore(iterator)
+
+
+_STATE_FILE = re.compile(r"^process_(\d+)-of-(\d+)\.json$")
+
+
+def restore_saved_state(iterator: grain.DatasetIterator, directory: str | os.PathLike) -> None:
+    """Sets `iterator` to the state saved in `directory` (a checkpoint's `data` item), whatever
+    the number of processes that saved it, then starts prefetching.
+
+    grain writes one `process_<i>-of-<n>.json` per process. With the same process count each
+    process reads its own file. Otherwise, for the training iterator, every file holds the same
+    global state (batches consumed by the whole job, see `PairBatchIterator.get_state`), so each
+    process reads it (after checking the files agree) and continues with its slice of the next
+    global batch: no pair is repeated or skipped, whatever the new process or device count.
+    """
+    path = epath.Path(directory)
+    if isinstance(iterator, PairBatchIterator):
+        index, count = iterator.process_index_and_count
+    else:
+        index, count = _process_index_and_count(None, None)
+    own = path / f"process_{index}-of-{count}.json"
+    if own.exists():
+        state = json.loads(own.read_text())
+    else:
+        saved = (
+            sorted(p for p in path.iterdir() if _STATE_FILE.match(p.name)) if path.is_dir() else []
+        )
+        if not saved:
+            raise ValueError(f"{path}: no saved iterator state (process_<i>-of-<n>.json)")
+        if not isinstance(iterator, PairBatchIterator):
+            raise ValueError(
+                f"{path} holds the iterator states of another process count "
+                f"({saved[0].name}); this iterator restores only with its own ({own.name})"
+            )
+        states = [json.loads(p.read_text()) for p in saved]
+        steps = {int(s.get("step", -1)) for s in states}
+        if len(steps) != 1:
+            raise ValueError(f"{path}: the processes saved different steps {sorted(steps)}")
+        state = states[0]
+    iterator.set_state(state)
+    iterator.start_prefetch()

@@ -9,6 +9,7 @@
 #   CUDA_VISIBLE_DEVICES=0,1 launch/gpu_local.sh         # only these GPUs
 #   SETUP=1 launch/gpu_local.sh                          # first create <repo>/.venv and install
 #   MODES=eval EVAL_SPLIT=validation launch/gpu_local.sh # evaluate an existing WORKDIR only
+#   DRY_RUN=1 launch/gpu_local.sh                        # print what would run, run nothing
 #
 # Environment (default in brackets):
 #   CONFIG          [configs/demo.py] optionally with arguments (configs/x.py:a=1,b=2)
@@ -24,6 +25,8 @@
 #                   gradient all-reduce with compute when there are several GPUs)
 #   JAX_COMPILATION_CACHE_DIR  [~/.cache/jax_compilation] reuses compiled steps across runs
 #   ALLOW_CPU       [0] 1: run even when JAX finds no GPU (for trying the script on a CPU)
+#   DRY_RUN         [0] 1: print the setup and training commands instead of running them (no
+#                   GPU, venv or driver needed)
 set -euo pipefail
 
 usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -37,6 +40,15 @@ MODES=${MODES:-train eval}
 EVAL_SPLIT=${EVAL_SPLIT-test}
 SETUP=${SETUP:-0}
 ALLOW_CPU=${ALLOW_CPU:-0}
+DRY_RUN=${DRY_RUN:-0}
+# run CMD...: runs it, or with DRY_RUN=1 prints it (shell-quoted) instead.
+run() {
+  if [[ "$DRY_RUN" == 1 ]]; then
+    echo "+ $(printf '%q ' "$@")"
+  else
+    "$@"
+  fi
+}
 
 for mode in $MODES; do
   case "$mode" in train | eval | predict | visualize) ;; *)
@@ -52,6 +64,10 @@ if [[ ! -f "$config_file" ]]; then
 fi
 
 if [[ "$SETUP" == 1 ]]; then
+  if [[ -z "${JAX_CUDA_EXTRA:-}" && "$DRY_RUN" == 1 ]] && ! command -v nvidia-smi >/dev/null; then
+    JAX_CUDA_EXTRA=cuda13
+    echo "(dry run without nvidia-smi: assuming a driver >= 580 -> jax[$JAX_CUDA_EXTRA])"
+  fi
   if [[ -z "${JAX_CUDA_EXTRA:-}" ]]; then
     if ! command -v nvidia-smi >/dev/null; then
       echo "error: nvidia-smi not found; install the NVIDIA driver or set JAX_CUDA_EXTRA" >&2
@@ -66,9 +82,9 @@ if [[ "$SETUP" == 1 ]]; then
       "(e.g. uv venv --python 3.11 .venv, then run again without SETUP)" >&2
     exit 1
   fi
-  [[ -x .venv/bin/python ]] || python3 -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e . "jax[$JAX_CUDA_EXTRA]"
+  [[ -x .venv/bin/python ]] || run python3 -m venv .venv
+  run .venv/bin/python -m pip install --quiet --upgrade pip
+  run .venv/bin/python -m pip install --quiet -e . "jax[$JAX_CUDA_EXTRA]"
   PYTHON=$repo/.venv/bin/python
 fi
 
@@ -79,7 +95,7 @@ elif [[ -n "${VIRTUAL_ENV:-}" ]]; then
 else
   python=$repo/.venv/bin/python
 fi
-if [[ ! -x "$python" ]]; then
+if [[ ! -x "$python" && "$DRY_RUN" != 1 ]]; then
   echo "error: no python at $python; set PYTHON=/path/to/venv/bin/python or SETUP=1" >&2
   exit 1
 fi
@@ -93,7 +109,11 @@ export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 
 # Which devices JAX sees (CUDA_VISIBLE_DEVICES narrows them); refuse a silent CPU run.
-devices=$("$python" -c 'import jax; d = jax.devices(); print(d[0].platform, len(d), d[0].device_kind)')
+if [[ "$DRY_RUN" == 1 ]]; then
+  devices="gpu ? dry-run"
+else
+  devices=$("$python" -c 'import jax; d = jax.devices(); print(d[0].platform, len(d), d[0].device_kind)')
+fi
 read -r platform count kind <<<"$devices"
 echo "JAX sees $count $platform device(s) ($kind); CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-<all>}"
 if [[ "$platform" != gpu && "$platform" != cuda && "$ALLOW_CPU" != 1 ]]; then
@@ -102,7 +122,7 @@ if [[ "$platform" != gpu && "$platform" != cuda && "$ALLOW_CPU" != 1 ]]; then
   exit 1
 fi
 
-mkdir -p "$WORKDIR/logs"
+run mkdir -p "$WORKDIR/logs"
 for mode in $MODES; do
   mode_args=()
   if [[ "$mode" == eval || "$mode" == predict ]] && [[ -n "$EVAL_SPLIT" ]]; then
@@ -110,6 +130,11 @@ for mode in $MODES; do
   fi
   log=$WORKDIR/logs/$mode-$(date +%Y%m%d-%H%M%S).log
   echo "=== $mode: $CONFIG -> $WORKDIR (log $log)"
+  if [[ "$DRY_RUN" == 1 ]]; then
+    run "$python" -m spmix_jax.main --config="$CONFIG" --workdir="$WORKDIR" --mode="$mode" \
+      ${mode_args[@]+"${mode_args[@]}"} "$@"
+    continue
+  fi
   "$python" -m spmix_jax.main --config="$CONFIG" --workdir="$WORKDIR" --mode="$mode" \
     ${mode_args[@]+"${mode_args[@]}"} "$@" 2>&1 | tee "$log"
 done

@@ -4,20 +4,35 @@ Two managers under the workdir: `checkpoints/` keeps the last N steps (state + i
 resuming) and `best/` keeps the single best state by validation balanced accuracy (for eval).
 Restores go into an abstract state whose leaves carry the target sharding, so a checkpoint written
 on 8 devices restores onto 1 (or any other count).
+
+Saves are asynchronous: `save` returns once the arrays are copied off the accelerator, and the
+files are written in the background while training goes on. Orbax writes each step into a
+temporary folder and renames it when complete, and lists only completed steps, so a run killed
+in the middle of a save resumes from the previous complete one. Each step also stores the JSON
+item `run` (the config, command line, class names and training class counts; see
+`run_config.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 from input_pipeline import pipeline
+from spmix_jax.errors import NotFoundError, UserError
 
 BEST_METRIC = "balanced_accuracy"
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+RUN_ITEM = "run"
 
 
 def _root(workdir: str) -> epath.Path:
@@ -26,24 +41,28 @@ def _root(workdir: str) -> epath.Path:
     return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
 
 
-def _options(max_to_keep: int, best: bool) -> ocp.CheckpointManagerOptions:
-    kwargs: dict[str, Any] = dict(max_to_keep=max_to_keep, create=True)
+def _options(max_to_keep: int, best: bool, create: bool = True) -> ocp.CheckpointManagerOptions:
+    kwargs: dict[str, Any] = dict(max_to_keep=max_to_keep, create=create)
     if best:
         kwargs.update(best_fn=lambda m: m[BEST_METRIC], best_mode="max")
     return ocp.CheckpointManagerOptions(**kwargs)
 
 
-def latest_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
+def latest_manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
+    """`checkpoints/`: the last `keep` steps; `create=False` only reads (makes no folder)."""
     return ocp.CheckpointManager(
-        _root(workdir) / "checkpoints",
-        item_names=("state", "data"),
-        options=_options(keep, best=False),
+        _root(workdir) / LATEST_DIR,
+        item_names=("state", "data", RUN_ITEM),
+        options=_options(keep, best=False, create=create),
     )
 
 
-def best_manager(workdir: str) -> ocp.CheckpointManager:
+def best_manager(workdir: str, create: bool = True) -> ocp.CheckpointManager:
+    """`best/`: the best step by validation balanced accuracy."""
     return ocp.CheckpointManager(
-        _root(workdir) / "best", item_names=("state",), options=_options(1, best=True)
+        _root(workdir) / BEST_DIR,
+        item_names=("state", RUN_ITEM),
+        options=_options(1, best=True, create=create),
     )
 
 
@@ -53,57 +72,245 @@ def save(
     state: Any,
     data_iter: Any = None,
     metrics: dict[str, float] | None = None,
+    run: dict[str, Any] | None = None,
+    wait: bool = True,
 ) -> None:
-    """Saves state (and the data iterator when given); waits so a kill never leaves half a save."""
+    """Saves state (and the data iterator, and the `run` record, when given).
+
+    `wait=False` returns once the arrays are on the host and writes the files in the background
+    (the training loop does; `manager.wait_until_finished()` waits for them). Either way a kill
+    before the save is complete leaves the previous step as the latest.
+    """
     items = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
         items["data"] = pipeline.checkpoint_save_args(data_iter)
-    manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
-    manager.wait_until_finished()
+    if run is not None:
+        items[RUN_ITEM] = ocp.args.JsonSave(run)
+    with _disk_full_is_a_user_error(manager):
+        manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+        if wait:
+            manager.wait_until_finished()
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+    """Waits for the background writes of `manager`; a full disk becomes `DiskFullError`."""
+    with _disk_full_is_a_user_error(manager):
+        manager.wait_until_finished()
+
+
+class DiskFullError(UserError):
+    """A checkpoint could not be written for lack of space; the previous one stays the latest."""
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _no_space(error: BaseException | None) -> bool:
+    """True when `error` or an error it was raised from is ENOSPC / EDQUOT (orbax wraps some)."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def complete_steps(directory: str | os.PathLike) -> list[int]:
+    """Steps with a finished checkpoint folder in `directory` (unfinished ones are temporary)."""
+    path = epath.Path(directory)
+    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.is_dir() else []
+
+
+@contextlib.contextmanager
+def _disk_full_is_a_user_error(manager: ocp.CheckpointManager) -> Iterator[None]:
+    """A full disk while saving stops the run with where and what is kept, not a traceback.
+
+    Orbax writes into a temporary folder and renames it only when complete, so the failed step
+    is never listed: the previous complete step stays the latest, and the next run resumes there
+    (and replaces the leftover temporary folder).
+    """
+    try:
+        yield
+    except Exception as error:
+        if not _no_space(error):
+            raise
+        directory = epath.Path(manager.directory)
+        steps = complete_steps(directory)
+        kept = f"step {steps[-1]} stays the latest" if steps else "no earlier checkpoint exists"
+        raise DiskFullError(
+            f"the disk is full: writing a checkpoint in {directory} failed (no space left on "
+            f"device); {kept}. Free space there (or move the workdir) and rerun the same "
+            "command to resume from it.",
+        ) from error
 
 
 def restore(
     manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any = None
 ) -> Any:
-    """Restores into `abstract_state` (ShapeDtypeStructs with shardings) and the iterator."""
+    """Restores into `abstract_state` (ShapeDtypeStructs with shardings) and the iterator.
+
+    The iterator state is read from the step's `data` folder directly, so a checkpoint written
+    by N processes resumes on M (`pipeline.restore_saved_state`).
+    """
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
-        items["data"] = pipeline.checkpoint_restore_args(data_iter)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
+    if data_iter is not None:
+        pipeline.restore_saved_state(data_iter, epath.Path(manager.directory) / str(step) / "data")
     return restored["state"]
 
 
+CORRUPT_SUFFIX = "_unreadable"
+
+
+def restore_newest_intact(
+    manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any = None
+) -> tuple[int, Any]:
+    """(step, state) of the newest checkpoint that restores completely, newest first.
+
+    A checkpoint that cannot be restored (a truncated file, a missing item) is logged with the
+    reason and, once an older one restored, moved to `<checkpoints>_unreadable/<step>` (kept for
+    inspection, out of the way of the steps the run saves next). Raises UserError listing every
+    checkpoint and its problem when none restores.
+    """
+    failures: list[tuple[int, str]] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state = restore(manager, step, abstract_state, data_iter)
+        except Exception as error:  # orbax and tensorstore raise many types for broken files
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            logging.warning(
+                "Checkpoint %d in %s cannot be restored (%s)", step, manager.directory, reason
+            )
+            print(
+                f"warning: checkpoint {step} in {manager.directory} cannot be restored "
+                f"({reason}); trying an older one",
+                flush=True,
+            )
+            failures.append((step, reason))
+            continue
+        if failures:
+            _move_aside(manager, [bad for bad, _ in failures])
+        return int(step), state
+    listing = "\n".join(f"  step {step}: {reason}" for step, reason in failures)
+    raise UserError(
+        f"No checkpoint in {manager.directory} can be restored:\n{listing}\nMove the folder "
+        "aside to start over, or restore a copy."
+    )
+
+
+def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+    directory = epath.Path(manager.directory)
+    aside = directory.parent / f"{directory.name}{CORRUPT_SUFFIX}"
+    aside.mkdir(parents=True, exist_ok=True)
+    for step in steps if jax.process_index() == 0 else ():  # one process moves shared files
+        target = aside / str(step)
+        if target.exists():
+            target.rmtree()
+        (directory / str(step)).rename(target)
+        print(f"Moved the unreadable checkpoint {step} to {target}", flush=True)
+    manager.reload()
+
+
+def restore_partial(manager: ocp.CheckpointManager, step: int, abstract_tree: Any) -> Any:
+    """Restores only the leaves of the state that `abstract_tree` names (e.g. params and
+    batch statistics for evaluation), so the optimizer state is never read.
+
+    Leaves the checkpoint lacks come back as ShapeDtypeStructs; a shape that differs raises
+    ValueError (Orbax's message).
+    """
+    args = ocp.args.PyTreeRestore(
+        item=abstract_tree,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_tree),
+        partial_restore=True,
+    )
+    return manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+
+
+def shape_mismatches(manager: ocp.CheckpointManager, step: int, abstract_tree: Any) -> list[str]:
+    """Leaves of `abstract_tree` that the stored state lacks or holds with another shape.
+
+    Read from the checkpoint's metadata only, so a restore that would fail is never started.
+    Unreadable metadata (a damaged checkpoint) gives no verdict: [] (the restore reports it).
+    """
+    path = epath.Path(manager.directory) / str(step) / "state"
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # orbax warns about a metadata file it does not need
+    try:
+        stored: Any = ocp.PyTreeCheckpointer().metadata(path)
+    except Exception as error:  # orbax and tensorstore raise many types for broken files
+        logging.set_verbosity(verbosity)
+        logging.warning("No metadata for checkpoint %d in %s: %s", step, path, error)
+        return []
+    finally:
+        logging.set_verbosity(verbosity)
+    stored = getattr(stored, "item_metadata", stored)
+    problems = []
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(abstract_tree)[0]:
+        node = stored
+        keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in key_path]
+        name = "/".join(str(k) for k in keys)
+        try:
+            for k in keys:
+                node = node[k]
+        except (KeyError, TypeError, IndexError):
+            problems.append(f"{name}: not in the checkpoint")
+            continue
+        shape = tuple(getattr(node, "shape", ()) or ())
+        if shape != tuple(leaf.shape):
+            problems.append(f"{name}: stored {shape}, this config needs {tuple(leaf.shape)}")
+    return problems
+
+
+def read_run(manager: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
+    """The `run` record saved with `step`, or None for checkpoints written without one."""
+    if not (epath.Path(manager.directory) / str(step) / RUN_ITEM).exists():
+        return None
+    restored = manager.restore(step, args=ocp.args.Composite(**{RUN_ITEM: ocp.args.JsonRestore()}))
+    return dict(restored[RUN_ITEM])
+
+
+def _steps(manager: ocp.CheckpointManager | None) -> list[int]:
+    return [] if manager is None else list(manager.all_steps())
+
+
 def resolve_step(workdir: str, which: str | int) -> tuple[ocp.CheckpointManager, int]:
-    """'latest' | 'best' | a step number -> (manager holding it, step); clear error if absent."""
+    """'latest' | 'best' | a step number -> (manager holding it, step); clear error if absent.
+
+    Reads only: no checkpoint folder is created in a workdir that has none.
+    """
     which = str(which)
+    root = _root(workdir)
+    latest = latest_manager(workdir, create=False) if (root / LATEST_DIR).is_dir() else None
+    best = best_manager(workdir, create=False) if (root / BEST_DIR).is_dir() else None
+    manager: ocp.CheckpointManager | None
+    step: int | None = None
     if which == "best":
-        manager = best_manager(workdir)
-        step = manager.best_step()
+        manager, step = best, None if best is None else best.best_step()
         if step is None:  # no evaluation ran yet: fall back to the latest training checkpoint
-            manager = latest_manager(workdir)
-            step = manager.latest_step()
+            manager, step = latest, None if latest is None else latest.latest_step()
     elif which == "latest":
-        manager = latest_manager(workdir)
-        step = manager.latest_step()
+        manager, step = latest, None if latest is None else latest.latest_step()
     elif which.isdigit():
         step = int(which)
-        manager = latest_manager(workdir)
-        if step not in manager.all_steps():
-            best = best_manager(workdir)
-            if step in best.all_steps():
-                manager = best
-            else:
-                raise FileNotFoundError(
-                    f"No checkpoint for step {step} in {workdir}; available: "
-                    f"{sorted(set(manager.all_steps()) | set(best.all_steps()))}"
-                )
+        if step in _steps(latest):
+            manager = latest
+        elif step in _steps(best):
+            manager = best
+        else:
+            available = sorted(set(_steps(latest)) | set(_steps(best)))
+            if not available:
+                raise NotFoundError(f"No checkpoint found in {workdir}; train first.")
+            raise NotFoundError(
+                f"No checkpoint for step {step} in {workdir}; available steps: {available} "
+                "(or best, latest). Pass --config.eval.checkpoint=<one of them>."
+            )
     else:
-        raise ValueError(f"eval.checkpoint must be 'latest', 'best' or a step, got {which!r}")
-    if step is None:
-        raise FileNotFoundError(f"No checkpoint found under {workdir}; train first.")
+        raise UserError(
+            f"config.eval.checkpoint must be 'latest', 'best' or a step number, got {which!r}."
+        )
+    if step is None or manager is None:
+        raise NotFoundError(
+            f"No checkpoint found in {workdir}; train first (python -m spmix_jax.main "
+            f"--config=CONFIG --workdir={workdir}), or pass the --workdir of a finished run."
+        )
     return manager, int(step)
-
-
-def replicate_on_host(tree: Any) -> Any:
-    """Fetches a (replicated) tree to host numpy."""
-    return jax.device_get(tree)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import math
+from collections.abc import Sequence
+
 import ml_collections
 
 from input_pipeline import sampling, sources
-from spmix_jax import ema, key_encoder, losses, mixing, saliency, sharding
+from spmix_jax import ema, key_encoder, losses, mixing, optimizer, saliency, sharding
 from spmix_jax import queue as queue_lib
+from spmix_jax.errors import UserError
 from spmix_jax.models import decode_variant
 from spmix_jax.models.spmix_net import COMPUTE_DTYPES
 
@@ -23,6 +28,7 @@ CHOICES = {
     "mix.ratio": mixing.RATIO_MODES,
     "loss.name": tuple(losses.LOSSES),
     "loss.queue_init": queue_lib.QUEUE_INIT_MODES,
+    "optim.schedule": optimizer.SCHEDULES,
 }
 
 
@@ -34,7 +40,21 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
 
 
 def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
-    """Raises ValueError naming the field and what to change; returns None when all is well."""
+    """Raises UserError (a ValueError) naming the field and what to change; None when all is well.
+
+    The checks below, and the modules they call, raise ValueError; every one of them is a
+    config the user can fix, so it reaches the user as a UserError (one message, no traceback).
+    """
+    try:
+        _check_config(config, num_devices=num_devices)
+    except UserError:
+        raise
+    except ValueError as error:
+        raise UserError(f"Invalid config: {error}") from error
+
+
+def _check_config(config: ml_collections.ConfigDict, *, num_devices: int | None) -> None:
+    check_ranges(config)
     for field, valid in CHOICES.items():
         value = _get(config, field)
         if value not in valid:
@@ -77,6 +97,10 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None =
         )
     if config.data.image_size < 8:
         raise ValueError(f"data.image_size={config.data.image_size} is too small.")
+    if not config.data.get("image_aspect", 1.0) >= 1.0:
+        raise ValueError(
+            f"data.image_aspect={config.data.image_aspect} must be >= 1 (long side / short side)."
+        )
     if len(config.data.class_names) != config.data.num_classes:
         raise ValueError(
             f"data.class_names has {len(config.data.class_names)} names but data.num_classes="
@@ -85,6 +109,51 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None =
     if config.optim.total_steps <= 0 and config.optim.epochs <= 0:
         raise ValueError("Set optim.epochs > 0 or optim.total_steps > 0.")
     check_augment(config.augment)
+
+
+# Fields whose value must lie in a range; anything else cannot be meant (a zero interval would
+# divide by zero in the loop, a zero learning rate trains nothing, no kept checkpoint resumes
+# nothing). (field, lowest, highest, lowest allowed itself).
+RANGES: tuple[tuple[str, float, float, bool], ...] = (
+    ("optim.base_lr", 0.0, math.inf, False),
+    ("optim.base_batch", 1, math.inf, True),
+    ("optim.total_steps", 0, math.inf, True),
+    ("optim.epochs", 0.0, math.inf, True),
+    ("optim.warmup_epochs", 0.0, math.inf, True),
+    ("optim.weight_decay", 0.0, math.inf, True),
+    ("optim.grad_clip", 0.0, math.inf, True),
+    ("train.log_every", 1, math.inf, True),
+    ("train.eval_every", 1, math.inf, True),
+    ("train.checkpoint_every", 1, math.inf, True),
+    ("train.keep_checkpoints", 1, math.inf, True),
+    ("train.max_steps_per_run", 0, math.inf, True),
+    ("input.batch_size", 1, math.inf, True),
+    ("input.eval_batch_size", 1, math.inf, True),
+    ("input.worker_count", 0, math.inf, True),
+    ("input.balanced_q", 0.0, math.inf, True),
+    ("model.ema_momentum", 0.0, 1.0, True),
+    ("mix.noise", 0.0, math.inf, True),
+    ("loss.temperature", 0.0, math.inf, False),
+    ("loss.queue_size", 0, math.inf, True),
+    ("eval.few_threshold", 0, math.inf, True),
+)
+
+
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+    """Refuses numbers outside `RANGES` (and NaN), naming the field and the allowed range."""
+    for field, low, high, low_ok in RANGES:
+        value = _get(config, field)
+        ok = (value >= low if low_ok else value > low) and value <= high
+        if not ok or value != value:  # NaN compares unequal to itself
+            bound = f"{'>=' if low_ok else '>'} {low}" + (
+                f" and <= {high}" if high < math.inf else ""
+            )
+            raise ValueError(f"config.{field}={value!r} must be {bound}.")
+    if config.eval.few_threshold > config.eval.many_threshold:
+        raise ValueError(
+            f"config.eval.few_threshold={config.eval.few_threshold} exceeds "
+            f"eval.many_threshold={config.eval.many_threshold}."
+        )
 
 
 def check_augment(augment_cfg: ml_collections.ConfigDict) -> None:
@@ -127,3 +196,38 @@ def check_augment(augment_cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"augment.eval_resize_ratio must be >= 1, got {float(augment_cfg.eval_resize_ratio)}"
         )
+
+
+def unknown_override(argv: Sequence[str]) -> str | None:
+    """The message for a `--config.a.b=...` that names no field of the config, or None.
+
+    absl reports such an override with a long traceback from inside ml_collections; this names
+    the field and the valid names at the level where it goes wrong instead.
+    """
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    path, _, arg = spec.partition(":")
+    try:
+        module_spec = importlib.util.spec_from_file_location("_config_for_message", path)
+        if module_spec is None or module_spec.loader is None:
+            return None
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        config = module.get_config(arg) if arg else module.get_config()
+    except Exception:  # the config file itself is broken: absl's own message says how
+        return None
+    for item in argv:
+        if not item.startswith("--config."):
+            continue
+        dotted = item[len("--config.") :].split("=", 1)[0]
+        node, seen = config, "config"
+        for part in dotted.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                names = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                return (
+                    f"unknown config field config.{dotted}: {seen} has no field {part!r}; "
+                    f"valid names: {', '.join(names)}"
+                )
+            node, seen = node[part], f"{seen}.{part}"
+    return None

@@ -1,13 +1,18 @@
 """Evaluation and prediction from any checkpoint, on whatever devices exist.
 
 `evaluate_split` is shared by the training loop (periodic validation) and the `eval` / `predict`
-modes of the entry point, which restore a checkpoint (latest, best or a step) first.
+modes of the entry point, which restore a checkpoint (latest, best or a step) first. Restoring
+reads only the query encoder's parameters and batch statistics, and evaluating needs only the
+evaluated split (a dataset built whole as `test` works): the training class counts that define
+the many / medium / few groups come from the dataset when it has a training split, else from
+the checkpoint's record of its run, else the groups are reported as n/a.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import re
 from typing import Any
 
 import jax
@@ -19,10 +24,11 @@ from jax.experimental import multihost_utils
 
 from input_pipeline import pipeline, sources
 from input_pipeline.data_split import DataSplit
-from spmix_jax import checkpointing, figures, metrics, optimizer, sharding
+from spmix_jax import checkpointing, figures, metrics, optimizer, run_config, sharding
 from spmix_jax import state as state_lib
 from spmix_jax import step as step_lib
 from spmix_jax.config_checks import check_config
+from spmix_jax.errors import NotFoundError, UserError
 from spmix_jax.models import make_model
 
 
@@ -70,14 +76,20 @@ def evaluate_split(
     split: DataSplit,
     mesh: jax.sharding.Mesh,
     eval_fn: Any = None,
+    train_class_counts: Any = "split",
 ) -> dict[str, Any]:
-    """All metrics of docs/method.md section 10 for the classifier on one split."""
+    """All metrics of docs/method.md section 10 for the classifier on one split.
+
+    `train_class_counts` define the many / medium / few groups: by default those of `split`;
+    None reports the groups as n/a.
+    """
     logits, labels, _ = predict_split(config, variables, split, mesh, eval_fn)
+    counts = split.class_counts if isinstance(train_class_counts, str) else train_class_counts
     return metrics.classification_metrics(
         logits,
         labels,
         tuple(split.class_names),
-        split.class_counts,
+        counts,
         many_threshold=config.eval.many_threshold,
         few_threshold=config.eval.few_threshold,
         from_logits=True,
@@ -90,13 +102,95 @@ def restore_variables(
     """The query encoder's {"params", "batch_stats"} of the configured checkpoint, on `mesh`.
 
     Restores into the sharded layout of this process's devices, whatever the count it was saved
-    with. The optimizer's state shapes do not depend on the dataset size, hence `num_train=1`.
+    with, and reads nothing else (no optimizer state, no key encoder, no queue). A config whose
+    model does not fit the checkpoint raises a UserError naming the fields that differ.
     """
     manager, step = checkpointing.resolve_step(workdir, config.eval.checkpoint)
     model = make_model(config)
     abstract = state_lib.create(config, model, optimizer.make_optimizer(config, 1), mesh)
-    restored = checkpointing.restore(manager, step, abstract)
-    return {"params": restored.params, "batch_stats": restored.batch_stats}, step
+    target = {"params": abstract.params, "batch_stats": abstract.batch_stats}
+    check_checkpoint_fits(config, manager, step, workdir, target)
+    restored = checkpointing.restore_partial(manager, step, target)
+    return restored, step
+
+
+def check_checkpoint_fits(
+    config: ml_collections.ConfigDict,
+    manager: Any,
+    step: int,
+    workdir: str,
+    target: Any,
+    hint: str = "",
+) -> None:
+    """Raises a UserError when the arrays of `target` (shapes) do not fit those stored at `step`.
+
+    Checked from the checkpoint's metadata before any restore starts, so the user reads which
+    config fields differ from the run's record ("this checkpoint was trained with
+    model.variant=X; you asked for Y") instead of a tree diff. `hint` adds a way out.
+    """
+    problems = checkpointing.shape_mismatches(manager, step, target)
+    if not problems:
+        return
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    shown = "; ".join(problems[:3]) + more
+    recorded = _recorded_config(manager, step, workdir)
+    where = f"The checkpoint at step {step} in {workdir}"
+    diffs = [] if recorded is None else run_config.differences(recorded, config)
+    if diffs:
+        fix = " ".join(f"--config.{name}={run_config.show_value(old)}" for name, old, _ in diffs)
+        raise UserError(
+            f"{where} does not fit the config:\n{run_config.describe_differences(diffs)}\n"
+            f"Drop those overrides, or pass {fix}{hint}."
+        )
+    raise UserError(
+        f"{where} does not fit the config (model.variant={config.model.variant}, "
+        f"model.image_size={config.model.image_size}, data.num_classes="
+        f"{config.data.num_classes}): {shown}.\nPass the config it was trained with{hint}."
+    )
+
+
+def _recorded_run(manager: Any, step: int) -> dict[str, Any] | None:
+    try:
+        return checkpointing.read_run(manager, step)
+    except (OSError, ValueError) as error:  # unreadable record: treat the checkpoint as bare
+        logging.warning("Could not read the run record of step %d: %s", step, error)
+        return None
+
+
+def _recorded_config(manager: Any, step: int, workdir: str) -> dict[str, Any] | None:
+    """The config recorded with the checkpoint, else the workdir's config.json, else None."""
+    run = _recorded_run(manager, step)
+    if run is not None and "config" in run:
+        return run["config"]
+    return run_config.read_config_file(workdir)
+
+
+def with_recorded_config(
+    config: ml_collections.ConfigDict, workdir: str, overrides: dict[str, Any] | None = None
+) -> ml_collections.ConfigDict:
+    """`config` with the model / data / view settings the run in `workdir` recorded.
+
+    `overrides` (the `--config.*` flags given) win over the record. Without a checkpoint the
+    workdir's config.json is used; without either, `config` is returned as it is.
+    """
+    try:
+        manager, step = checkpointing.resolve_step(workdir, config.eval.checkpoint)
+        recorded = _recorded_config(manager, step, workdir)
+    except NotFoundError:
+        recorded = run_config.read_config_file(workdir)
+    if recorded is None:
+        return config
+    new, changed = run_config.apply_recorded(config, recorded, overrides)
+    if changed and jax.process_index() == 0:
+        shown = ", ".join(changed[:6]) + (
+            f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        )
+        print(
+            f"Using the settings the run in {workdir} was trained with for {shown} "
+            "(override any with --config.<field>=...).",
+            flush=True,
+        )
+    return new
 
 
 def restore_for_figures(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
@@ -105,17 +199,43 @@ def restore_for_figures(config: ml_collections.ConfigDict, workdir: str) -> tupl
     return variables, make_model(config)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> dict[str, Any]:
+def dataset_label(data_cfg: Any) -> str:
+    """A short file-name-safe name of the dataset `data_cfg` reads (e.g. `folder_csv-default`)."""
+    if data_cfg.name == "synthetic":
+        label = f"synthetic-s{data_cfg.synthetic.seed}"
+    elif data_cfg.name == "tfds":
+        label = "tfds-" + "-".join(str(data_cfg.data_dir).rstrip("/").split("/")[-2:])
+    else:
+        config_name = data_cfg.builder_config or sources.DEFAULT_CONFIGS.get(data_cfg.name, "")
+        label = f"{data_cfg.name}-{config_name}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "dataset"
+
+
+def output_name(data_cfg: Any, kind: str, split_name: str, step: int, ext: str) -> str:
+    """`<kind>_<dataset>_<split>_<step>.<ext>`: outputs of different datasets, splits or
+    checkpoints never overwrite each other."""
+    return f"{kind}_{dataset_label(data_cfg)}_{split_name}_{step}.{ext}"
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    mode: str = "eval",
+    split_name: str = "",
+    role: str = "",
+) -> dict[str, Any]:
     """`eval`: metrics JSON + report + confusion PNG; `predict`: CSV of class probabilities.
 
-    Every process takes part in the computation (the eval batches are sharded over all hosts);
-    only process 0 writes files and prints.
+    `split_name` defaults to `eval.split`, else `data.eval_split`; `role` labels the report
+    (e.g. "held-out test split"). Every process takes part in the computation (the eval batches
+    are sharded over all hosts); only process 0 writes files and prints.
     """
     check_config(config)
     mesh = sharding.make_mesh()
-    split_name = config.eval.split or config.data.eval_split
-    split = sources.get_split(config.data, split_name)
+    split_name = split_name or config.eval.split or config.data.eval_split
     variables, step = restore_variables(config, workdir, mesh)
+    split = sources.get_split(config.data, split_name, require_train=False)
+    _check_model_classes(workdir, step, split)
     out_dir = epath.Path(workdir)
     chief = jax.process_index() == 0
     if mode == "predict":
@@ -123,7 +243,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> 
         if not chief:
             return {"num_examples": int(len(index))}
         probs = metrics.softmax(logits)
-        path = out_dir / f"predict_{split_name}_{step}.csv"
+        path = out_dir / output_name(config.data, "predict", split_name, step, "csv")
         with path.open("w") as f:
             w = csv.writer(f)
             w.writerow(["image", *split.class_names])
@@ -132,19 +252,94 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "eval") -> 
         logging.info("Wrote %d predictions to %s", len(index), path)
         print(f"Wrote {len(index)} predictions to {path}")
         return {"path": str(path), "num_examples": int(len(index))}
-    result = evaluate_split(config, variables, split, mesh)
+    counts = _train_class_counts(config, workdir, step)
+    result = evaluate_split(config, variables, split, mesh, train_class_counts=counts)
     result["step"] = step
     result["split"] = split_name
+    result["dataset"] = dataset_label(config.data)
+    result["checkpoint"] = str(config.eval.checkpoint)
+    if role:
+        result["role"] = role
+    if counts is None:
+        result["shot_groups_note"] = (
+            "n/a: the dataset has no training split and the checkpoint records no class counts"
+        )
     if not chief:
         return result
-    json_path = metrics.write_eval_json(out_dir / f"eval_{split_name}_{step}.json", result)
-    png = out_dir / f"confusion_{split_name}_{step}.png"
+    json_path = metrics.write_eval_json(
+        out_dir / output_name(config.data, "eval", split_name, step, "json"), result
+    )
+    png = out_dir / output_name(config.data, "confusion", split_name, step, "png")
     figures.confusion_matrix_figure(
         np.asarray(result["confusion_matrix"]),
         list(split.class_names),
         png,
         title=f"{split_name} @ step {step}: balanced acc {result['balanced_accuracy']:.3f}",
     )
-    print(metrics.classification_report(result))
+    heading = (
+        f"== {split_name} split" + (f" ({role})" if role else "") + f", checkpoint step {step}"
+    )
+    print(f"\n{heading} ==\n{metrics.classification_report(result)}")
     print(f"Wrote {json_path} and {png}")
     return result
+
+
+def _check_model_classes(workdir: str, step: int, split: DataSplit) -> None:
+    """Refuses a dataset whose classes differ (in names or order) from those the model learnt:
+    its logits would be read against the wrong names without any error."""
+    manager, _ = checkpointing.resolve_step(workdir, step)
+    run = _recorded_run(manager, step)
+    names = None if run is None else run.get("class_names")
+    if names and list(names) != list(split.class_names):
+        raise UserError(
+            f"The checkpoint at step {step} in {workdir} was trained on the classes\n"
+            f"  {list(names)}\nbut the {split.split!r} split has the classes\n"
+            f"  {list(split.class_names)}\n(names and order must match). Evaluate on a dataset "
+            "with the model's classes, in that order."
+        )
+    if names and jax.process_index() == 0:
+        counts = run.get("train_class_counts") if run else None
+        shown = ", ".join(
+            f"{n} ({c})" for n, c in zip(names, counts or ["?"] * len(names), strict=True)
+        )
+        print(f"Model classes (training images): {shown}", flush=True)
+
+
+def _train_class_counts(
+    config: ml_collections.ConfigDict, workdir: str, step: int
+) -> np.ndarray | None:
+    """Training class counts for the many / medium / few groups: the model's own (recorded with
+    its checkpoint), else the dataset's training split, else None when unknown."""
+    manager, _ = checkpointing.resolve_step(workdir, step)
+    run = _recorded_run(manager, step)
+    if run is not None and run.get("train_class_counts"):
+        return np.asarray(run["train_class_counts"], np.int64)
+    return sources.train_class_counts(config.data)
+
+
+def final_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """After training: the checkpoint chosen on validation, evaluated on the test split.
+
+    The validation numbers are reported too, labelled as the selection split (they chose the
+    checkpoint, so they overstate what to expect on new data). Without a test split in the
+    dataset only validation is reported, with a note.
+    """
+    results: dict[str, Any] = {}
+    selection = config.data.eval_split
+    results[selection] = run(config, workdir, "eval", selection, "selection split")
+    test = config.data.test_split
+    chief = jax.process_index() == 0
+    if test and test != selection:
+        try:
+            results[test] = run(config, workdir, "eval", test, "held-out test split")
+        except UserError as error:
+            if chief:
+                print(f"No test evaluation: {error}")
+    if chief:
+        sel = results[selection]
+        line = f"Checkpoint step {sel['step']} (chosen by {selection} balanced accuracy): "
+        if test in results:
+            line += f"test balanced accuracy {results[test]['balanced_accuracy']:.4f}; "
+        line += f"{selection} (selection split) {sel['balanced_accuracy']:.4f}"
+        print(line, flush=True)
+    return results

@@ -218,9 +218,14 @@ def pair_grid_figure(
 
 
 def make_pair_figure(
-    config: ml_collections.ConfigDict, workdir: str, variables=None, model=None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    variables=None,
+    model=None,
+    path: str | os.PathLike | None = None,
 ) -> epath.Path:
-    """Draws `visualize.num_pairs` pairs from the training pipeline and writes `pairs.png`.
+    """Draws `visualize.num_pairs` pairs from the training pipeline and writes `pairs.png`
+    (or `path`: training logs one per periodic evaluation).
 
     Uses the evaluation view of each image (no random augmentation) so the figure is readable.
     Gradient saliency needs the trained `variables` and `model`; static methods do not.
@@ -265,7 +270,7 @@ def make_pair_figure(
         )
         views[who] = view01
     rng = jax.random.PRNGKey(config.seed)
-    ratios = mixing.patch_ratios(
+    ratios_device = mixing.patch_ratios(
         sals["primary"],
         sals["secondary"],
         patch_size=patch,
@@ -276,10 +281,10 @@ def make_pair_figure(
         mode=config.mix.ratio,
     )
     prim, sec = np.asarray(views["primary"]), np.asarray(views["secondary"])
-    ratios = np.asarray(ratios)
-    path = epath.Path(workdir) / "pairs.png"
+    ratios = np.asarray(ratios_device)
+    out = epath.Path(workdir) / "pairs.png" if path is None else epath.Path(path)
     pair_grid_figure(
-        path,
+        out,
         prim,
         sec,
         np.asarray(sals["primary"]),
@@ -292,4 +297,4 @@ def make_pair_figure(
         patch_size=patch,
         ratio_range=(config.mix.r_min, config.mix.alpha),
     )
-    return path
+    return out

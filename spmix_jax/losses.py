@@ -22,12 +22,12 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 def _check_nonnegative(**values: object) -> None:
     """Rejects negative (or NaN) hyper-parameters given as Python numbers; traced values pass."""
     for name, value in values.items():
-        if isinstance(value, numbers.Real) and not value >= 0:
+        if isinstance(value, numbers.Real) and not float(value) >= 0:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
 def _check_temperature(temperature: object) -> None:
-    if isinstance(temperature, numbers.Real) and not temperature > 0:
+    if isinstance(temperature, numbers.Real) and not float(temperature) > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
 
 

@@ -14,6 +14,8 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from spmix_jax import cli  # noqa: E402
+
 MODES = ("train", "eval", "predict", "visualize")
 
 FLAGS = flags.FLAGS
@@ -43,10 +45,17 @@ def main(argv: list[str]) -> None:
     if FLAGS.mode == "train":
         finished = train.train_and_evaluate(config, workdir)
         if finished:
-            evaluate.run(config, workdir, "eval")  # all processes: eval batches are sharded
+            # The checkpoint chosen on validation, reported on test (all processes: eval
+            # batches are sharded).
+            evaluate.final_report(config, workdir)
             if jax.process_index() == 0 and config.mix.method == "spmix":
                 _pair_figure(config, workdir)
-    elif FLAGS.mode in ("eval", "predict"):
+        return
+    # Other modes take the model and data settings the run recorded; command-line
+    # --config.* overrides win.
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    config = evaluate.with_recorded_config(config, workdir, overrides)
+    if FLAGS.mode in ("eval", "predict"):
         evaluate.run(config, workdir, FLAGS.mode)
     elif jax.process_index() == 0:
         _pair_figure(config, workdir)
@@ -63,8 +72,8 @@ def _pair_figure(config, workdir: str) -> None:
 
 
 def run() -> None:
-    """Console-script entry point (`spmix-train`)."""
-    app.run(main)
+    """Console-script entry point (`spmix-train`); user errors print as one message."""
+    cli.run(main, __name__)
 
 
 if __name__ == "__main__":

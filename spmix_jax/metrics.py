@@ -72,7 +72,9 @@ def _mean_or_none(values: Sequence[float]) -> float | None:
 
 
 def shot_groups(
-    train_class_counts: Sequence[int], many_threshold: int = 100, few_threshold: int = 20
+    train_class_counts: Sequence[int] | np.ndarray,
+    many_threshold: int = 100,
+    few_threshold: int = 20,
 ) -> dict[str, list[int]]:
     """Class indices per group by TRAINING count: many > many_threshold, few < few_threshold."""
     counts = np.asarray(train_class_counts)
@@ -94,7 +96,7 @@ def classification_metrics(
     probs_or_logits: np.ndarray,
     labels: np.ndarray,
     class_names: Sequence[str],
-    train_class_counts: Sequence[int],
+    train_class_counts: Sequence[int] | np.ndarray | None,
     *,
     many_threshold: int = 100,
     few_threshold: int = 20,
@@ -107,7 +109,9 @@ def classification_metrics(
         class probabilities / scores (`from_logits=False`). Predictions are the row argmax.
       labels: (N,) integer labels in [0, C).
       class_names: C names, used as keys of `per_class` and in the report.
-      train_class_counts: C training counts, which define the many / medium / few groups.
+      train_class_counts: C training counts, which define the many / medium / few groups;
+        None when they are unknown (a model evaluated on a dataset without its training split
+        and without a record of it): then the groups and their accuracies are None (n/a).
       many_threshold, few_threshold: many = count > many_threshold, few = count < few_threshold,
         medium = the rest.
       from_logits: whether `probs_or_logits` are logits.
@@ -138,7 +142,7 @@ def classification_metrics(
         )
     if len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class_names for {num_classes} classes")
-    if len(train_class_counts) != num_classes:
+    if train_class_counts is not None and len(train_class_counts) != num_classes:
         raise ValueError(f"{len(train_class_counts)} train_class_counts for {num_classes} classes")
     if not np.all(np.isfinite(scores)):
         raise ValueError("probs_or_logits contains NaN or infinite values")
@@ -178,7 +182,9 @@ def classification_metrics(
 
     present = [c for c in range(num_classes) if support[c] > 0]
     seen = [c for c in range(num_classes) if support[c] > 0 or predicted[c] > 0]
-    groups = shot_groups(train_class_counts, many_threshold, few_threshold)
+    groups: dict[str, list[int]] | None = None
+    if train_class_counts is not None:
+        groups = shot_groups(train_class_counts, many_threshold, few_threshold)
     result: dict[str, Any] = {
         "num_examples": int(n),
         "accuracy": float(tp.sum() / n),
@@ -188,9 +194,12 @@ def classification_metrics(
         "auc_skipped_classes": auc_skipped,
         "per_class": per_class,
     }
-    for group, members in groups.items():
+    for group in ("many", "medium", "few"):
+        members = [] if groups is None else groups[group]
         result[f"{group}_accuracy"] = _mean_or_none([recalls[c] for c in members if support[c]])
-    result["shot_groups"] = {g: [str(class_names[c]) for c in m] for g, m in groups.items()}
+    result["shot_groups"] = (
+        None if groups is None else {g: [str(class_names[c]) for c in m] for g, m in groups.items()}
+    )
     result["shot_thresholds"] = {"many": int(many_threshold), "few": int(few_threshold)}
     result["class_names"] = [str(x) for x in class_names]
     result["confusion_matrix"] = cm.tolist()

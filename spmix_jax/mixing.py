@@ -13,6 +13,10 @@ import jax.numpy as jnp
 
 RATIO_MODES = ("patch", "global", "random")
 _EPS = 1e-6
+# The released code standardises a saliency map per pixel as (S - mean) / std with these
+# constants before adding its noise; `mix.noise` is measured in these units.
+NOISE_MEAN = 0.144
+NOISE_STD = 0.137
 
 
 def patch_means(saliency: jax.Array, patch_size: int) -> jax.Array:
@@ -44,13 +48,20 @@ def patch_scores(
     noise: float = 0.0,
     rng: jax.Array | None = None,
 ) -> jax.Array:
-    """Steps 1-3 of docs/method.md section 5: patch means, noise, min-max, map to [r_min, 1]."""
-    s = patch_means(saliency, patch_size)
+    """Steps 1-3 of docs/method.md section 5: noise, patch means, min-max, map to [r_min, 1].
+
+    With `noise > 0` the map is first standardised per pixel, (S - 0.144) / 0.137, and every
+    pixel gets its own U[-noise, noise) draw, as in the released code: pooling averages the noise
+    down, so it only breaks ties between equally salient patches. The standardisation does not
+    change the result (min-max is affine-invariant); it fixes the scale `noise` is measured in.
+    """
+    s = saliency.astype(jnp.float32)
     if noise > 0:
         if rng is None:
             raise ValueError("patch_scores: noise > 0 needs an rng key.")
+        s = (s - NOISE_MEAN) / NOISE_STD
         s = s + jax.random.uniform(rng, s.shape, minval=-noise, maxval=noise)
-    return r_min + (1.0 - r_min) * minmax_normalize(s)
+    return r_min + (1.0 - r_min) * minmax_normalize(patch_means(s, patch_size))
 
 
 def patch_ratios(

@@ -6,11 +6,17 @@ heads', e.g. below 1 to fine-tune a pretrained backbone gently; at 1.0 nothing i
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+# optim.schedule: 'per_step' (warmup from 0 and cosine, stepped every step) or 'released' (the
+# released code's: set once per epoch, warmup starting at lr / warmup_epochs).
+SCHEDULES = ("per_step", "released")
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
@@ -24,10 +30,35 @@ def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
     return max(1, int(round(config.optim.epochs * steps_per_epoch(config, num_train))))
 
 
+def released_schedule(peak: float, warmup_epochs: float, epochs: float, per_epoch: int):
+    """The released code's schedule, constant within an epoch e (counted from 0).
+
+    Warmup: peak * (e + 1) / W for e < W (so it starts at peak / W); then
+    peak * (1 + cos(pi * (e - W + 1) / (E - W))) / 2, which reaches 0 in the last epoch.
+    """
+    w, e_total = float(warmup_epochs), float(epochs)
+    span = max(e_total - w, 1e-9)
+
+    def schedule(step: Any) -> jax.Array:
+        epoch = jnp.floor(jnp.asarray(step, jnp.float32) / per_epoch)
+        warm = peak * (epoch + 1.0) / max(w, 1e-9)
+        cosine = peak * 0.5 * (1.0 + jnp.cos(math.pi * (epoch - w + 1.0) / span))
+        return jnp.where(epoch < w, warm, jnp.maximum(cosine, 0.0))
+
+    return schedule
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_train: int) -> optax.Schedule:
-    """Linear warmup then cosine to 0; peak lr = base_lr * batch / base_batch (linear scaling)."""
+    """Linear warmup then cosine to 0; peak lr = base_lr * batch / base_batch (linear scaling).
+
+    `optim.schedule='per_step'` steps it every step from 0; 'released' sets it once per epoch
+    as the released code does (`released_schedule`).
+    """
     peak = config.optim.base_lr * config.input.batch_size / config.optim.base_batch
     total = total_steps(config, num_train)
+    if config.optim.get("schedule", "per_step") == "released":
+        per_epoch = steps_per_epoch(config, num_train)
+        return released_schedule(peak, config.optim.warmup_epochs, total / per_epoch, per_epoch)
     warmup = int(round(config.optim.warmup_epochs * steps_per_epoch(config, num_train)))
     warmup = min(warmup, total - 1) if total > 1 else 0
     return optax.warmup_cosine_decay_schedule(
@@ -36,7 +67,10 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_train: int) ->
 
 
 def decay_mask(params: Any) -> Any:
-    """Weight decay on matrices and kernels only (not biases, norms, CLS or position tokens)."""
+    """Weight decay on matrices and kernels only (not biases, norms, CLS or position tokens).
+
+    `optim.decay_all=True` drops this mask: the released code decays every parameter.
+    """
 
     def keep(path, leaf) -> bool:
         names = {getattr(p, "key", str(p)) for p in path}
@@ -70,7 +104,7 @@ def make_optimizer(
         optax.adamw(
             learning_rate_schedule(config, num_train),
             weight_decay=config.optim.weight_decay,
-            mask=decay_mask,
+            mask=None if config.optim.get("decay_all", False) else decay_mask,
         )
     )
     mult = float(config.optim.get("backbone_lr_mult", 1.0))

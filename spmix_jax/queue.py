@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-QUEUE_INIT_MODES = ("random", "empty")
+QUEUE_INIT_MODES = ("random", "empty", "released")
 
 
 class KeyQueue(NamedTuple):
@@ -52,17 +52,21 @@ def init_queue(
 ) -> KeyQueue:
     """Creates the initial queue.
 
-    mode 'random': random unit vectors with uniformly random labels, all valid (what the released
-    code does); mode 'empty': zero features, label 0, all masked out until written.
+    mode 'random': random unit vectors with uniformly random labels, all valid; mode 'released':
+    Gaussian features normalised along the QUEUE axis (each feature column has unit norm over
+    the K entries, so each entry is short, norm about sqrt(dim / K)), random labels, all valid,
+    as the released code initialises it; mode 'empty': zero features, label 0, all masked out
+    until written.
     """
     if size <= 0 or dim <= 0 or num_classes <= 0:
         raise ValueError(
             f"size, dim and num_classes must be positive, got {size}, {dim}, {num_classes}"
         )
-    if mode == "random":
+    if mode in ("random", "released"):
         feat_key, label_key = jax.random.split(rng)
         features = jax.random.normal(feat_key, (size, dim), jnp.float32)
-        features = features / jnp.linalg.norm(features, axis=1, keepdims=True)
+        axis = 1 if mode == "random" else 0
+        features = features / jnp.linalg.norm(features, axis=axis, keepdims=True)
         labels = jax.random.randint(label_key, (size,), 0, num_classes, jnp.int32)
         valid = jnp.ones((size,), bool)
     elif mode == "empty":

@@ -24,6 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 METHODS = ("gradient", "fine_grained", "spectral_residual")
+# Static maps read the view's geometry only (docs/method.md section 4): crop, flip and the
+# geometric ops move the lesion, colour ops do not. Gradient saliency reads the encoder's input.
+STATIC_METHODS = ("fine_grained", "spectral_residual")
 SCORES = ("label", "top")
 
 # OpenCV's luminance weights (ITU-R BT.601), used by COLOR_RGB2GRAY / COLOR_BGR2GRAY.
@@ -128,6 +131,31 @@ def _floor_255_times_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
     return jnp.where(exact_integer & below, k - 1, k)
 
 
+def _integral_float32(img: jax.Array) -> jax.Array:
+    """OpenCV's `integral(img, CV_32F)`: (B, H + 1, W + 1) float32, rounded as OpenCV rounds.
+
+    OpenCV adds each row's exact running sum to the (already rounded) entry above it in float32,
+    so entries beyond 2**24 are rounded row by row. While 255 * H * W < 2**24 every entry is an
+    exact integer and a plain integer cumsum gives the same values; larger images repeat the
+    row-by-row float32 accumulation with a scan over the rows.
+    """
+    b, h, w = img.shape
+    row_sums = jnp.cumsum(img, axis=2)  # exact int32: at most 255 * W per row
+    if 255 * h * w < 2**24:
+        integral = jnp.cumsum(row_sums, axis=1).astype(jnp.float32)
+    else:
+
+        def add_row(above: jax.Array, row: jax.Array) -> tuple[jax.Array, jax.Array]:
+            below = above + row.astype(jnp.float32)
+            return below, below
+
+        _, rows = jax.lax.scan(
+            add_row, jnp.zeros((b, w), jnp.float32), jnp.moveaxis(row_sums, 1, 0)
+        )
+        integral = jnp.moveaxis(rows, 0, 1)
+    return jnp.pad(integral, ((0, 0), (1, 0), (1, 0)))
+
+
 def _rescale_to_255(summed: jax.Array) -> jax.Array:
     """Scale a per-image summed map so that its maximum becomes 255 (truncating); all-zero -> 0."""
     peak = jnp.max(summed, axis=(1, 2), keepdims=True)
@@ -142,11 +170,13 @@ def fine_grained(gray: jax.Array) -> jax.Array:
     Args:
       gray: (B, H, W) grey levels in [0, 1]; OpenCV is given round(gray * 255) as uint8.
     Returns:
-      (B, H, W) float32 in [0, 1]. Bit-identical to OpenCV while 255 * H * W < 2**24 (up to
-      256x256), where OpenCV's float32 integral image is still exact.
+      (B, H, W) float32 in [0, 1], bit-identical to OpenCV at every size: OpenCV's float32
+      integral image and its float32 window sums, which round once values pass 2**24 (images
+      larger than about 256x256, or bright windows), are reproduced with the same roundings.
 
     Steps (as OpenCV): blur the uint8 image twice with a 3x3 Gaussian; for each of six window
-    half-widths take the window mean excluding the centre pixel (via an integral image), and keep
+    half-widths take the window mean excluding the centre pixel (via a float32 integral image,
+    corners combined as ((bottom-right + top-left) - bottom-left) - top-right), and keep
     the truncated positive parts of centre - mean ("on") and mean - centre ("off"); sum each over
     the scales, rescale each sum so its maximum is 255, add on and off and rescale by the larger of
     their maxima (keeping OpenCV's uint8 wrap-around where the sum passes 255).
@@ -155,7 +185,7 @@ def fine_grained(gray: jax.Array) -> jax.Array:
     _, h, w = gray.shape
     img = _blur3_uint8(_blur3_uint8(_uint8_levels(gray)))
 
-    integral = jnp.pad(jnp.cumsum(jnp.cumsum(img, axis=1), axis=2), ((0, 0), (1, 0), (1, 0)))
+    integral = _integral_float32(img)
     centre_f = img.astype(jnp.float32)
     rows, cols = np.arange(h), np.arange(w)
     on_sum = jnp.zeros_like(img)
@@ -176,7 +206,7 @@ def fine_grained(gray: jax.Array) -> jax.Array:
         # Full-shape, behind a barrier: XLA turns a division by a constant or by a broadcast into
         # a multiplication by a rounded reciprocal, which changes the truncation in a few pixels.
         others = jax.lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(others), img.shape))
-        surround = (window - img).astype(jnp.float32) / others
+        surround = (window - centre_f) / others
         on_sum = on_sum + jnp.floor(jnp.maximum(centre_f - surround, 0.0)).astype(jnp.int32)
         off_sum = off_sum + jnp.floor(jnp.maximum(surround - centre_f, 0.0)).astype(jnp.int32)
 
@@ -208,13 +238,13 @@ def _linear_resize_matrix(n_in: int, n_out: int, weight_steps: int | None) -> np
     d = np.arange(n_out, dtype=np.float64)
     pos = ((d + 0.5) * (n_in / n_out) - 0.5).astype(np.float32)
     start = np.floor(pos)
-    frac = (pos - start).astype(np.float32)
+    frac32 = (pos - start).astype(np.float32)
     start = start.astype(np.int64)
-    frac = np.where(start < 0, np.float32(0), frac)
+    frac32 = np.where(start < 0, np.float32(0), frac32)
     start = np.maximum(start, 0)
-    frac = np.where(start >= n_in - 1, np.float32(0), frac)
+    frac32 = np.where(start >= n_in - 1, np.float32(0), frac32)
     start = np.minimum(start, n_in - 1)
-    frac = frac.astype(np.float64)
+    frac = frac32.astype(np.float64)
     if weight_steps is not None:
         frac = np.round(frac * weight_steps) / weight_steps
     m = np.zeros((n_out, n_in), np.float64)

@@ -50,12 +50,15 @@ class TrainMetrics(clu_metrics.Collection):
 
     mix_ratio_mean is the mean share of the primary (SPMix: the per-patch ratios of the query
     view; pixel baselines: their lambda; no mixing: 1). The learning rate keeps its last value.
+    grad_norm is the global L2 norm of the loss gradient before clipping, averaged per step.
     """
 
-    loss: clu_metrics.Average.from_output("loss")
+    # clu builds metric classes with calls, which type checkers do not read as types.
+    loss: clu_metrics.Average.from_output("loss")  # type: ignore[valid-type]
     accuracy: Int32Accuracy
-    mix_ratio_mean: clu_metrics.Average.from_output("mix_ratio_mean")
-    learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+    mix_ratio_mean: clu_metrics.Average.from_output("mix_ratio_mean")  # type: ignore[valid-type]
+    learning_rate: clu_metrics.LastValue.from_output("learning_rate")  # type: ignore[valid-type]
+    grad_norm: clu_metrics.Average.from_output("grad_norm")  # type: ignore[valid-type]
 
 
 def metrics_to_host(collection: clu_metrics.Collection) -> dict[str, float]:
@@ -68,19 +71,31 @@ class View(NamedTuple):
     """One augmented view of a batch: what the encoder sees and what static saliency reads."""
 
     normalised: jax.Array  # (B, M, M, 3) float32, normalised with the dataset's mean and std
-    unit: jax.Array  # (B, M, M, 3) float32 RGB in [0, 1]
+    unit: jax.Array  # (B, M, M, 3) float32 RGB in [0, 1]: the encoder's input before normalising
+    geometry: jax.Array  # (B, M, M, 3) the same warp without colour ops (static saliency reads it)
 
 
 def make_views(
     rng: jax.Array, batch: dict[str, jax.Array], settings: augment.ViewSettings, out_size: int
 ) -> dict[str, View]:
-    """Query and key views of both images of every pair (docs/method.md section 3)."""
+    """Query and key views of both images of every pair (docs/method.md section 3).
+
+    Crops are drawn from each image's valid region (`<who>_box` in the batch) when the host sends
+    padded frames, so a view never shows padding.
+    """
     views = {}
     for name, key in zip(VIEW_NAMES, jax.random.split(rng, len(VIEW_NAMES)), strict=True):
         who, kind = name.split("_")
         make = augment.query_view if kind == "q" else augment.key_view
-        unit, normalised = make(key, batch[f"{who}_image"], out_size=out_size, settings=settings)
-        views[name] = View(normalised, unit)
+        unit, normalised, warp_only = make(
+            key,
+            batch[f"{who}_image"],
+            out_size=out_size,
+            settings=settings,
+            with_geometry=True,
+            boxes=batch.get(f"{who}_box"),  # valid region of each padded frame, if any
+        )
+        views[name] = View(normalised, unit, warp_only)
     return views
 
 
@@ -90,18 +105,35 @@ def saliency_maps(
     config: ml_collections.ConfigDict,
     score_fn: Any,
 ) -> dict[str, jax.Array]:
-    """One (B, M, M) map per view, without gradient (docs/method.md section 4)."""
+    """One (B, M, M) map per view, without gradient (docs/method.md section 4).
+
+    Static maps read the view's geometry-only warp, so colour jitter, RandAugment's colour ops,
+    grayscale and blur never move the mixing ratios; gradient saliency reads what the encoder sees.
+    """
+    static = config.saliency.method in saliency.STATIC_METHODS
     maps = {}
     for name, view in views.items():
         sal = saliency.compute(
             config.saliency.method,
-            view.unit,
+            view.geometry if static else view.unit,
             score_fn=score_fn,
             labels=batch[f"{name.split('_')[0]}_label"],
             score=config.saliency.score,
         )
         maps[name] = jax.lax.stop_gradient(sal)
     return maps
+
+
+def loss_log_prior(config: ml_collections.ConfigDict, class_counts: Any) -> np.ndarray:
+    """The (C,) log-prior the loss adjusts by: that of the primary's labels.
+
+    The mixed sample keeps the primary's label, so the prior follows the primary's sampler
+    (`mix.primary`, `input.balanced_q`; docs/method.md section 8). `train.py` computes it once
+    with this function and binds it to the jitted step.
+    """
+    return losses.class_log_prior(
+        class_counts, primary=config.mix.primary, balanced_q=config.input.balanced_q
+    )
 
 
 def train_step(
@@ -116,7 +148,8 @@ def train_step(
 ) -> tuple[TrainState, TrainMetrics]:
     """One step on a batch of pairs; returns the new state and this step's metrics.
 
-    A non-finite loss or gradient leaves the state unchanged (the loop stops on the NaN loss).
+    A non-finite loss, gradient or updated parameter leaves the state unchanged and reports a
+    NaN loss (the loop stops on it before saving).
     """
     mix, uses_saliency = mixing.get(config.mix.method)
     keys = key_encoder.get(config.model.key_encoder)
@@ -216,8 +249,10 @@ def train_step(
         key_batch_stats=key_batch_stats,
         queue=queue_lib.enqueue(state.queue, inputs.keys, labels),
     )
+    # Finite loss and gradients can still overflow the update (a huge learning rate): the new
+    # parameters are checked too, so a non-finite state is never kept (or checkpointed).
     finite = jnp.isfinite(loss) & jnp.all(
-        jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves((grads, params))])
     )
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     step_metrics = TrainMetrics.single_from_model_output(
@@ -226,6 +261,7 @@ def train_step(
         labels=labels,
         mix_ratio_mean=mq.share_mean,
         learning_rate=learning_rate,
+        grad_norm=optax.global_norm(grads),
     )
     return new_state, step_metrics
 
@@ -240,4 +276,5 @@ def eval_logits(
     """float32 logits of the evaluation view (no mixing, no prior; BatchNorm in inference mode)."""
     settings = augment.ViewSettings.from_config(config.augment)
     images = augment.eval_view(batch["image"], out_size=config.model.image_size, settings=settings)
-    return model.apply(variables, images, method=model.logits)
+    logits: jax.Array = model.apply(variables, images, method=model.logits)  # type: ignore[assignment]
+    return logits

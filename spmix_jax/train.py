@@ -6,8 +6,13 @@ data iterator together), so a killed run continues with the batches it would hav
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -21,15 +26,24 @@ from jax.experimental import multihost_utils
 from PIL import Image
 
 from input_pipeline import pipeline, sources
-from spmix_jax import checkpointing, evaluate, figures, losses, optimizer, sharding
+from spmix_jax import (
+    checkpointing,
+    evaluate,
+    figures,
+    optimizer,
+    run_config,
+    sharding,
+    workdir_lock,
+)
 from spmix_jax import state as state_lib
 from spmix_jax import step as step_lib
 from spmix_jax.config_checks import check_config
+from spmix_jax.errors import UserError
 from spmix_jax.models import make_model
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or Inf; the last good checkpoint is kept."""
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The loss or the update became NaN or Inf; the last good checkpoint is kept."""
 
 
 def _fmt_time(seconds: float) -> str:
@@ -39,8 +53,46 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+# Set by SIGTERM / SIGINT in a single-process run: save a checkpoint after this step and stop.
+_STOP_REQUESTED = threading.Event()
+
+
+def _request_stop(signum: int, frame: Any) -> None:
+    del frame
+    _STOP_REQUESTED.set()
+    signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
+    print(
+        f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+        "(send it again to stop at once).",
+        flush=True,
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM (how Cloud TPU and most schedulers preempt) and SIGINT (Ctrl-C) end the loop at
+    the next step with a checkpoint and a closed data iterator (no grain workers left behind).
+
+    Single-process runs only: a multi-process run learns of preemption through
+    `reached_preemption_sync_point`, at the same step on every process.
+    """
+    if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _STOP_REQUESTED.clear()
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _preempted(step: int) -> bool:
-    """True on every process at the same step once the cluster announced a preemption."""
+    """True on every process at the same step once the cluster announced a preemption (or, in
+    a single-process run, once SIGTERM / SIGINT asked to stop)."""
+    if _STOP_REQUESTED.is_set():
+        return True
     try:
         return bool(multihost_utils.reached_preemption_sync_point(step))
     except RuntimeError:  # no distributed runtime (single process): nothing announces preemption
@@ -60,6 +112,25 @@ def _write_confusion(writer, workdir: epath.Path, step: int, result: dict, names
     with path.open("rb") as f:
         image = np.asarray(Image.open(f).convert("RGB"))
     writer.write_images(step, {"val/confusion_matrix": image[None]})
+
+
+def _detail_scalars(result: dict) -> dict[str, float]:
+    """Per-class recall and many / medium / few-shot accuracy of a periodic evaluation."""
+    out = {f"val_recall/{name}": m["recall"] for name, m in result["per_class"].items()}
+    for group in ("many", "medium", "few"):
+        if result.get(f"{group}_accuracy") is not None:
+            out[f"val/{group}_accuracy"] = result[f"{group}_accuracy"]
+    return out
+
+
+def _write_pairs(config, writer, workdir: epath.Path, step: int, variables, model) -> None:
+    """The figure of mixed training pairs (images, saliency, per-patch ratios, mix) at `step`."""
+    path = workdir / "figures" / f"pairs_{step}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figures.make_pair_figure(config, str(workdir), variables, model, path=path)
+    with path.open("rb") as f:
+        image = np.asarray(Image.open(f).convert("RGB"))
+    writer.write_images(step, {"train/pairs": image[None]})
 
 
 def jit_train_step(
@@ -96,8 +167,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
     """Trains (or resumes) to the configured number of steps.
 
     Returns True when training reached its last step, False when it stopped earlier
-    (`train.max_steps_per_run`, or a preemption notice, after saving a checkpoint).
+    (`train.max_steps_per_run`, or a preemption notice, after saving a checkpoint). Holds the
+    workdir's lock meanwhile, so a second run on the same workdir stops at once.
     """
+    check_config(config)
+    if "://" not in workdir:
+        try:
+            os.makedirs(workdir, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the workdir {workdir}: {e.strerror}") from e
+        if not os.access(workdir, os.W_OK | os.X_OK):
+            raise UserError(f"the workdir {workdir} is not writable; choose another --workdir.")
+    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0), _stop_on_signals():
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
     # --- Checks: refuse impossible configs before reading data or compiling -------------------
     check_config(config)
     workdir_path = epath.Path(workdir)
@@ -109,7 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
     eval_split = sources.get_split(config.data, config.data.eval_split)
     num_train = len(train_split.labels)
     if config.data.num_classes != len(train_split.class_counts):
-        raise ValueError(
+        raise UserError(
             f"data.num_classes={config.data.num_classes} but the dataset has "
             f"{len(train_split.class_counts)} classes."
         )
@@ -117,6 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
         train_split,
         global_batch_size=config.input.batch_size,
         image_size=config.data.image_size,
+        image_aspect=config.data.image_aspect,
         seed=config.seed,
         balanced_q=config.input.balanced_q,
         primary=config.mix.primary,
@@ -136,19 +222,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
     ckpt = checkpointing.latest_manager(workdir, config.train.keep_checkpoints)
     best_ckpt = checkpointing.best_manager(workdir)
     if ckpt.latest_step() is not None:
-        start = int(ckpt.latest_step())
-        logging.info("Resuming from step %d in %s", start, workdir)
+        # A config that does not fit the run in this workdir is named, not taken for damage.
+        evaluate.check_checkpoint_fits(
+            config,
+            ckpt,
+            int(ckpt.latest_step()),
+            workdir,
+            {"params": state_shape.params, "batch_stats": state_shape.batch_stats},
+            hint=", or train this config in another --workdir",
+        )
+        # The newest checkpoint that restores (a truncated or incomplete one is set aside).
         abstract = state_lib.with_shardings(state_shape, state_shardings)
-        state = checkpointing.restore(ckpt, start, abstract, train_iter)
+        start, state = checkpointing.restore_newest_intact(ckpt, abstract, train_iter)
+        logging.info("Resuming from step %d in %s", start, workdir)
     else:
         start = 0
         state = jax.jit(init, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
         state = state_lib.load_pretrained(config, state, state_shardings)
 
+    if is_chief:  # what this run is: config.json and command.txt (also stored with checkpoints)
+        run_config.write_run_files(config, workdir)
+
     # --- The jitted steps: the state is donated, batches are sharded over the data axis -------
-    log_prior = losses.class_log_prior(
-        train_split.class_counts, primary=config.mix.primary, balanced_q=config.input.balanced_q
-    )
+    log_prior = step_lib.loss_log_prior(config, train_split.class_counts)
     train_step = jit_train_step(config, model, tx, log_prior, num_train, state_shardings, mesh)
     eval_step = jax.jit(functools.partial(step_lib.eval_logits, config=config, model=model))
 
@@ -158,10 +254,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
         [metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))] if is_chief else []
     )
     if start == 0:
-        writer.write_hparams(
-            {k: v for k, v in config.to_dict().items() if isinstance(v, int | float | str)}
-        )
+        writer.write_hparams(run_config.hparams(config))
+    run = run_config.run_info(config, train_split.class_names, train_split.class_counts)
     report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+    hooks: list[Any] = [report]
+    if is_chief and config.train.profile_steps > 0:
+        hooks.append(
+            periodic_actions.Profile(
+                num_profile_steps=config.train.profile_steps,
+                profile_duration_ms=None,
+                first_profile=start + min(10, max(1, num_steps - start - 1)),
+                every_steps=None,
+                every_secs=None,
+                logdir=workdir,
+            )
+        )
     stop_at = num_steps
     if config.train.max_steps_per_run > 0:
         stop_at = min(num_steps, start + config.train.max_steps_per_run)
@@ -179,7 +286,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
             batch = sharding.global_batch(next(train_iter), mesh)
             state, step_metrics = train_step(state, batch)
         acc = step_metrics if acc is None else acc.merge(step_metrics)
-        report(step)
+        for hook in hooks:
+            hook(step)
         preempted = _preempted(step)
         is_last = step == stop_at or preempted
         do_eval = step % eval_every == 0 or step == num_steps
@@ -188,10 +296,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
             values = step_lib.metrics_to_host(acc)
             acc = None
             if not np.isfinite(values["loss"]):
+                # A non-finite step leaves the state as it was, so its step counter names the
+                # first step whose loss, gradients or updated parameters were not finite.
+                bad = int(jax.device_get(state.step)) + 1
+                ckpt.wait_until_finished()  # the good checkpoints still being written
                 raise NonFiniteLossError(
-                    f"Loss became {values['loss']} between steps {step - log_every} and {step}; "
-                    f"stopping. The last good checkpoint in {workdir}/checkpoints is kept "
-                    "(lower optim.base_lr, set optim.grad_clip, or use model.dtype=float32)."
+                    f"Step {bad}: the loss, gradients or updated parameters became "
+                    f"{values['loss']} (loss); stopping without saving. The last good "
+                    f"checkpoint in {workdir}/checkpoints is kept (lower optim.base_lr, set "
+                    "optim.grad_clip, or use model.dtype=float32)."
                 )
             writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
             now = time.time()
@@ -212,9 +325,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
                 for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro")
                 if last_eval.get(k) is not None
             }
-            writer.write_scalars(step, scalars)
+            writer.write_scalars(step, {**scalars, **_detail_scalars(last_eval)})
             if is_chief:
                 _write_confusion(writer, workdir_path, step, last_eval, eval_split.class_names)
+                if config.train.pairs_every_eval and config.mix.method == "spmix":
+                    _write_pairs(config, writer, workdir_path, step, variables, model)
             print(
                 f"eval step {step}: " + " | ".join(f"{k[4:]} {v:.4f}" for k, v in scalars.items()),
                 flush=True,
@@ -224,15 +339,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
                 step,
                 state,
                 metrics={checkpointing.BEST_METRIC: last_eval["balanced_accuracy"]},
+                run=run,
+                wait=False,  # written in the background; training goes on
             )
         if do_ckpt:
-            checkpointing.save(ckpt, step, state, train_iter)
+            checkpointing.save(ckpt, step, state, train_iter, run=run, wait=False)
         if preempted:
-            print(f"Preemption notice: saved step {step}; rerun the same command to resume.")
+            print(
+                f"Stopped early (preemption notice or signal): saved step {step}; rerun the "
+                "same command to resume.",
+                flush=True,
+            )
             break
     writer.flush()
-    ckpt.wait_until_finished()
-    best_ckpt.wait_until_finished()
+    checkpointing.wait(ckpt)  # a full disk stops here with a UserError, the last step kept
+    checkpointing.wait(best_ckpt)
     if hasattr(train_iter, "close"):
         train_iter.close()
     return int(jax.device_get(state.step)) >= num_steps

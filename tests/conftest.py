@@ -16,12 +16,13 @@ from absl import flags  # noqa: E402
 # grain worker processes read absl flags; outside absl.app they are never parsed.
 flags.FLAGS.mark_as_parsed()
 
-HAM10000_DIR = pathlib.Path(
-    os.environ.get(
-        "SPMIX_HAM10000_DIR",
-        str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000_subset"),
-    )
+# configs/ham10000.py reads its source folder from this variable; the tests' default lies next
+# to the checkout (a real HAM10000 subset, never copied into the repository).
+os.environ.setdefault(
+    "SPMIX_HAM10000_DIR",
+    str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000_subset"),
 )
+HAM10000_DIR = pathlib.Path(os.environ["SPMIX_HAM10000_DIR"])
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,10 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from scipy import ndimage
 
+from configs import tiny
 from configs.common import base_config
+from spmix_jax import saliency
+from spmix_jax import step as step_lib
 from spmix_jax.augment import colour, geometry, randaugment, views
 
 FILL = randaugment.RANDAUGMENT_FILL
@@ -484,6 +487,110 @@ def test_key_view_from_params_matches_pil_chain(pil_images):
 
 
 # ------------------------------------------------------------------------------------------------
+# The geometry-only warp that static saliency reads (docs/method.md section 4).
+
+
+def _query_params(jitter, order, ops, applied):
+    return views.QueryParams(
+        crop=jnp.array((6, 3, 44, 50), jnp.int32),
+        flip=jnp.array(True),
+        jitter=jnp.array(jitter, jnp.float32),
+        jitter_order=jnp.array(order, jnp.int32),
+        randaugment=randaugment.RandAugmentDraw(
+            op=jnp.array([OPS.index(o[0]) for o in ops], jnp.int32),
+            apply=jnp.array(applied),
+            level=jnp.array([o[1] for o in ops], jnp.float32),
+            sign=jnp.array([o[2] for o in ops], jnp.float32),
+        ),
+    )
+
+
+def _key_params(jitter, order, gray, blur):
+    return views.KeyParams(
+        crop=jnp.array((6, 3, 44, 50), jnp.int32),
+        flip=jnp.array(True),
+        jitter=jnp.array(jitter, jnp.float32),
+        jitter_order=jnp.array(order, jnp.int32),
+        gray=jnp.array(gray),
+        blur=jnp.array(blur),
+        sigma=jnp.array(1.5, jnp.float32),
+    )
+
+
+def _saliency_of_view(method, view01, geometry01):
+    """The step's saliency of one view (batch of one), as `step.saliency_maps` computes it."""
+    config = tiny.get_config()
+    config.saliency.method = method
+    view = step_lib.View(view01[None], view01[None], geometry01[None])
+    labels = {"primary_label": jnp.zeros((1,), jnp.int32)}
+    return np.asarray(
+        step_lib.saliency_maps({"primary_q": view}, labels, config, None)["primary_q"]
+    )
+
+
+@pytest.mark.parametrize("method", ["fine_grained", "spectral_residual"])
+def test_static_saliency_follows_the_geometry_never_the_colour(pil_images, method):
+    """Two query views and two key views that differ only in colour parameters: different
+    pixels, the same geometry-only warp, and the same saliency, equal to the warp's saliency."""
+    image = to01(pil_images[0])
+    query = jax.jit(views.query_view_from_params, static_argnums=(2, 3))
+    rotate = ("Rotate", 8.0, -1)
+    variants = [
+        _query_params((1.3, 0.7, 1.2), (2, 0, 1), [rotate, ("Solarize", 6.0, 1)], [True, True]),
+        _query_params((0.7, 1.4, 0.6), (0, 1, 2), [rotate, ("Invert", 9.0, 1)], [True, True]),
+    ]
+    # The same geometry with no colour op: jitter factors 1 and the colour op skipped.
+    neutral = _query_params((1.0, 1.0, 1.0), (0, 1, 2), [rotate, ("Invert", 9.0, 1)], [True, False])
+    (view_a, geo_a), (view_b, geo_b) = (query(image, p, SIDE, True) for p in variants)
+    plain = query(image, neutral, SIDE)
+    assert float(jnp.abs(view_a - view_b).mean()) > 0.1  # the colours really differ
+    np.testing.assert_array_equal(np.asarray(geo_a), np.asarray(geo_b))
+    np.testing.assert_allclose(np.asarray(geo_a), np.asarray(plain), atol=1e-5)
+    # The rotation's fill keeps its own colour in the warp.
+    is_fill = np.all(np.abs(np.asarray(geo_a) - FILL01) < 1e-6, axis=-1)
+    assert is_fill.mean() > 0.02
+    np.testing.assert_array_equal(np.asarray(query(image, variants[0], SIDE)), np.asarray(view_a))
+
+    key = jax.jit(views.key_view_from_params, static_argnums=(2, 3, 4))
+    key_a, key_geo_a = key(
+        image, _key_params((1.3, 0.7, 1.2), (2, 0, 1), True, True), SIDE, 5, True
+    )
+    key_b, key_geo_b = key(
+        image, _key_params((0.7, 1.4, 0.6), (1, 0, 2), False, False), SIDE, 5, True
+    )
+    assert float(jnp.abs(key_a - key_b).mean()) > 0.05
+    np.testing.assert_array_equal(np.asarray(key_geo_a), np.asarray(key_geo_b))
+    warp = geometry.warp_affine(
+        image, views._crop_flip_matrix(jnp.array((6, 3, 44, 50)), jnp.array(True), SIDE), SIDE
+    )
+    np.testing.assert_allclose(np.asarray(key_geo_a), np.clip(np.asarray(warp), 0, 1), atol=1e-7)
+
+    for (va, ga), (vb, gb) in (
+        ((view_a, geo_a), (view_b, geo_b)),
+        ((key_a, key_geo_a), (key_b, key_geo_b)),
+    ):
+        sal_a = _saliency_of_view(method, va, ga)
+        sal_b = _saliency_of_view(method, vb, gb)
+        np.testing.assert_array_equal(sal_a, sal_b)
+        np.testing.assert_array_equal(sal_a, np.asarray(saliency.compute(method, ga[None])))
+        # Read from the coloured views instead, the maps would differ.
+        coloured = [np.asarray(saliency.compute(method, v[None])) for v in (va, vb)]
+        assert np.abs(coloured[0] - coloured[1]).max() > 0.05
+
+
+def test_views_with_geometry_leave_the_views_unchanged(batch_uint8, settings, jitted_views):
+    """Asking for the warp changes neither the views nor the keys they draw."""
+    for fn, ref in zip((views.query_view, views.key_view), jitted_views, strict=True):
+        step = jax.jit(functools.partial(fn, out_size=32, settings=settings, with_geometry=True))
+        view01, normed, warp_only = step(jax.random.key(7), batch_uint8)
+        want01, want_normed = ref(jax.random.key(7), batch_uint8)
+        np.testing.assert_array_equal(np.asarray(view01), np.asarray(want01))
+        np.testing.assert_array_equal(np.asarray(normed), np.asarray(want_normed))
+        assert warp_only.shape == view01.shape
+        assert float(warp_only.min()) >= 0.0 and float(warp_only.max()) <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------
 # Parameter sampling.
 
 
@@ -531,6 +638,54 @@ def test_crop_params_match_torchvision(height, width, scale, ratio):
     top, left, h, w = got.T
     assert (top >= 0).all() and (left >= 0).all()
     assert (top + h <= height).all() and (left + w <= width).all() and (h > 0).all()
+
+
+@pytest.mark.parametrize(
+    "box,scale,ratio",
+    [
+        ((0, 10, 48, 48), (0.08, 1.0), (3 / 4, 4 / 3)),  # a square image padded in a 48 x 68 frame
+        ((4, 0, 40, 68), (0.08, 1.0), (3 / 4, 4 / 3)),
+        ((0, 10, 48, 48), (1.5, 2.0), (3 / 4, 4 / 3)),  # every attempt fails: the box's fallback
+        ((0, 10, 48, 20), (1.5, 2.0), (3 / 4, 4 / 3)),  # tall fallback inside the box
+    ],
+)
+def test_crop_params_in_a_valid_box_match_torchvision_on_the_box(box, scale, ratio):
+    """In a padded frame the crop is torchvision's on the valid region, shifted into the frame:
+    area fractions of the image itself, and never a padded pixel."""
+    top0, left0, height, width = box
+    uniforms = np.random.default_rng(1).random((300, views.CROP_ATTEMPTS, 4)).astype(np.float32)
+    crop = jax.jit(
+        jax.vmap(lambda u: views.crop_params_from_uniforms(u, 48, 68, scale, ratio, jnp.array(box)))
+    )
+    got = np.asarray(crop(uniforms))
+    want = np.array([torchvision_crop(u, height, width, scale, ratio) for u in uniforms])
+    want[:, 0] += top0
+    want[:, 1] += left0
+    assert (got != want).any(axis=1).mean() <= 0.01
+    top, left, h, w = got.T
+    assert (top >= top0).all() and (left >= left0).all() and (h > 0).all()
+    assert (top + h <= top0 + height).all() and (left + w <= left0 + width).all()
+
+
+def test_views_never_show_the_padding_of_a_frame(batch_uint8, settings):
+    """Frames padded with magenta outside their box: no view, nor its warp, contains magenta."""
+    frames = np.zeros((8, 48, 68, 3), np.uint8)
+    frames[...] = (255, 0, 255)
+    frames[:, :, 10:58] = batch_uint8
+    boxes = np.tile(np.array([0, 10, 48, 48], np.int32), (8, 1))
+    magenta = np.array([1.0, 0.0, 1.0], np.float32)
+    for fn in (views.query_view, views.key_view):
+        make = jax.jit(functools.partial(fn, out_size=32, settings=settings, with_geometry=True))
+        for seed in range(3):
+            _, _, warp_only = make(jax.random.key(seed), frames, boxes=boxes)
+            close = np.abs(np.asarray(warp_only) - magenta).max(axis=-1) < 0.2
+            assert not close.any()
+    # Without the boxes the crops do reach into the padding.
+    make = jax.jit(
+        functools.partial(views.key_view, out_size=32, settings=settings, with_geometry=True)
+    )
+    _, _, warp_only = make(jax.random.key(0), frames)
+    assert (np.abs(np.asarray(warp_only) - magenta).max(axis=-1) < 0.2).any()
 
 
 def test_randaugment_sampling_statistics():

@@ -18,6 +18,7 @@ import sys
 import zipfile
 
 import cv2
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -219,8 +220,11 @@ def test_grouped_split_pure():
     # a class with one lesion lands in train
     single = splitting.grouped_split([0, 0, 1], ["x", "x", "y"], (0.1, 0.9), seed=0)
     np.testing.assert_array_equal(single, [0, 0, 0])
+    # a zero share for train keeps everything for evaluation (a folder used as a test set)
+    whole = splitting.grouped_split([0, 1, 1], ["x", "y", "z"], (0.0, 0.0, 1.0), seed=0)
+    np.testing.assert_array_equal(whole, [2, 2, 2])
     with pytest.raises(ValueError, match="fractions"):
-        splitting.grouped_split([0], ["x"], (0.0, 1.0), seed=0)
+        splitting.grouped_split([0], ["x"], (0.0, 0.0), seed=0)
 
 
 def test_folder_csv_short_side_and_label_layout(ham10000_dir, tmp_path):
@@ -254,6 +258,24 @@ def test_folder_csv_short_side_and_label_layout(ham10000_dir, tmp_path):
     reference = cv2.resize(original, (133, 100), interpolation=cv2.INTER_AREA).astype(float)
     assert np.abs(stored - reference).mean() < 4.0
     assert build.load_build_metadata(path)["report"]["reencoded"] == len(images)
+
+
+def test_folder_csv_whole_folder_as_test_split(ham10000_dir, tmp_path):
+    # A new labelled folder to evaluate a trained model on: every image goes to `test`, and
+    # a class may be missing (only a training split must hold every class).
+    labels, _, _ = read_ham(ham10000_dir)
+    images = [i for i in select_images(ham10000_dir, per_class=1, offset=7) if labels[i] != 5]
+    src = write_source(ham10000_dir, tmp_path / "src", images)
+    path = build.build_dataset(
+        "folder_csv", os.fspath(tmp_path / "out"), source=os.fspath(src), split_fractions="0,0,1"
+    )
+    assert list(tfds.builder_from_directory(path).info.splits) == ["test"]
+    ids, got, _, _ = read_split(path, "test")
+    assert ids == sorted(images) and got == [labels[i] for i in ids]
+    meta = build.load_build_metadata(path)
+    assert meta["splits"]["test"]["class_counts"][5] == 0
+    table = build.summary_table(meta)
+    assert table.splitlines()[0].split() == ["class", "test"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -529,7 +551,7 @@ def test_isic2018_official_splits(isic_manual, ham10000_dir, tmp_path):
     path = build.build_dataset(
         "isic2018", os.fspath(tmp_path), manual_dir=os.fspath(manual), config="short100"
     )
-    assert path.endswith(os.path.join("isic2018", "short100", "1.0.0"))
+    assert path.endswith(os.path.join("isic2018", "short100", "1.1.0"))
     meta = build.load_build_metadata(path)
     for split in ("train", "validation", "test"):
         ids, got, got_lesions, raw = read_split(path, split)
@@ -586,6 +608,121 @@ def test_isic2018_released_split(isic_manual, ham10000_dir, tmp_path):
         splitting.holdout_per_class(pooled_labels, pooled, 50, 0, CLASSES)
 
 
+def test_released_lists_are_shipped_as_package_data():
+    """The released code's lists: 9886 train and 322 held out (46 per class), no duplicates."""
+    import tomllib
+
+    lists = isic2018.read_released_lists()
+    assert len(lists) == 10208
+    splits = collections.Counter(split for _, split in lists.values())
+    assert splits == {"train": 9886, "heldout": 322}
+    held = collections.Counter(label for label, split in lists.values() if split == "heldout")
+    assert held == {name: 46 for name in CLASSES}
+    assert (isic2018.RELEASED_LISTS.parent / "SOURCE.md").exists()
+    root = pathlib.Path(__file__).resolve().parents[1]
+    with open(root / "pyproject.toml", "rb") as f:
+        patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["input_pipeline"]
+    package = root / "input_pipeline"
+    shipped = {p for pattern in patterns for p in package.glob(pattern)}
+    assert (
+        isic2018.RELEASED_LISTS in shipped
+        and isic2018.RELEASED_LISTS.parent / "SOURCE.md" in shipped
+    )
+
+
+def _write_lists(path: pathlib.Path, labels: dict[str, int], train, heldout) -> pathlib.Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_id", "label", "split"])
+        for split, ids in (("train", train), ("heldout", heldout)):
+            writer.writerows([i, CLASSES[labels[i]], split] for i in ids)
+    return path
+
+
+def test_listed_split_follows_the_lists_and_names_what_is_missing():
+    def item(image_id, label):
+        return image_files.Item(image_id, label, "", image_id, "gt.csv", 1)
+
+    parts = {
+        "train": [item("a", 0), item("b", 1), item("c", 2)],
+        "validation": [item("d", 0)],
+        "test": [item("t", -1)],
+    }
+    lists = {"a": ("MEL", "heldout"), "b": ("NV", "train"), "c": ("BCC", "train")}
+    lists["d"] = ("MEL", "train")
+    got = isic2018.listed_split(parts, lists)
+    assert [it.image_id for it in got["train"]] == ["b", "c", "d"]
+    assert [it.image_id for it in got["validation"]] == ["a"]
+    assert [it.image_id for it in got["test"]] == ["t"]
+    with pytest.raises(DataError, match=r"1 of the 5 .* \(first: e\)"):
+        isic2018.listed_split(parts, {**lists, "e": ("MEL", "train")})
+    with pytest.raises(DataError, match="another label .* b: ground truth NV, listed MEL"):
+        isic2018.listed_split(parts, {**lists, "b": ("MEL", "train")})
+
+
+def test_isic2018_released_uses_the_released_lists(
+    isic_manual, ham10000_dir, tmp_path, monkeypatch
+):
+    manual, expected = isic_manual
+    labels, _, _ = read_ham(ham10000_dir)
+    pooled = sorted(expected["train"] + expected["validation"])
+    # Held out: every third pooled image, whichever official split it came from.
+    heldout = pooled[::3]
+    train = [i for i in pooled if i not in heldout]
+    lists = _write_lists(tmp_path / "lists.csv", labels, train, heldout)
+    monkeypatch.setattr(isic2018, "RELEASED_LISTS", lists)
+    config = isic2018.isic2018_config("released_short100")
+    assert config.listed and config.name == "released_short100"
+    path = build.build_dataset(
+        "isic2018",
+        os.fspath(tmp_path / "out"),
+        manual_dir=os.fspath(manual),
+        config="released_short100",
+    )
+    train_ids, train_labels, _, _ = read_split(path, "train")
+    val_ids, val_labels, _, _ = read_split(path, "validation")
+    assert train_ids == sorted(train) and val_ids == sorted(heldout)
+    assert val_labels == [labels[i] for i in val_ids]
+    assert read_split(path, "test")[0] == sorted(expected["test"])
+    assert build.load_build_metadata(path)["params"]["released_lists"] is True
+    # A listed image that is not in the downloads stops the build, naming it.
+    labels["ISIC_9999999"] = 0
+    _write_lists(lists, labels, train + ["ISIC_9999999"], heldout)
+    with pytest.raises(DataError, match="ISIC_9999999"):
+        build.build_dataset(
+            "isic2018",
+            os.fspath(tmp_path / "out2"),
+            manual_dir=os.fspath(manual),
+            config="released_short100",
+        )
+
+
+def test_isic2018_released_refuses_a_build_before_the_lists(tmp_path):
+    """A `released` build made before the released code's lists is refused with the command."""
+    from input_pipeline import sources
+    from spmix_jax.errors import UserError
+
+    old = tmp_path / "isic2018" / "released" / "1.0.0"
+    old.mkdir(parents=True)
+    (old / "dataset_info.json").write_text("{}")
+    cfg = ml_collections.ConfigDict(
+        {
+            "name": "isic2018",
+            "data_dir": os.fspath(tmp_path),
+            "builder_config": "released",
+            "source_dir": "",
+        }
+    )
+    with pytest.raises(UserError, match="--builder=isic2018 .*--config=released --overwrite"):
+        sources.dataset_dir(cfg)
+    # A drawn hold-out never used the lists: its old builds stay readable.
+    drawn = tmp_path / "isic2018" / "released_holdout46_seed1" / "1.0.0"
+    drawn.mkdir(parents=True)
+    (drawn / "dataset_info.json").write_text("{}")
+    cfg.builder_config = "released_holdout46_seed1"
+    assert sources.dataset_dir(cfg) == os.fspath(drawn)
+
+
 def test_isic2018_config_names():
     assert isic2018.isic2018_config("short256") == "short256"
     assert isic2018.isic2018_config("released") == "released"
@@ -594,6 +731,12 @@ def test_isic2018_config_names():
     assert (custom.name, custom.short_side, custom.released) == ("short384", 384, False)
     custom = isic2018.isic2018_config("released_seed3")
     assert (custom.name, custom.short_side, custom.seed) == ("released_holdout46_seed3", 256, 3)
+    assert not custom.listed  # a drawn hold-out, not the released code's lists
+    custom = isic2018.isic2018_config("released_original")
+    assert (custom.name, custom.short_side, custom.listed) == ("released_original", 0, True)
+    assert isic2018.required_version("released") == isic2018.LISTED_SPLIT_VERSION
+    assert isic2018.required_version("released_holdout46_seed0") is None
+    assert isic2018.required_version("short256") is None
     for bad in ("short", "released_bogus", "tiny", "original_seed1"):
         with pytest.raises(ValueError):
             isic2018.isic2018_config(bad)

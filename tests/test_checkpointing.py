@@ -1,4 +1,12 @@
-"""Checkpoint managers: relative workdirs, best-vs-latest resolution, resharding on restore."""
+"""Checkpoint managers: relative workdirs, best-vs-latest resolution, resharding on restore,
+and asynchronous saves that a kill cannot turn into a half-written latest checkpoint."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +14,8 @@ import numpy as np
 import pytest
 
 from spmix_jax import checkpointing, sharding
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _tree(value: float):
@@ -48,3 +58,60 @@ def test_relative_workdir_save_restore_and_best(tmp_path, monkeypatch):
 def test_missing_checkpoint_says_train_first(tmp_path):
     with pytest.raises(FileNotFoundError, match="train first"):
         checkpointing.resolve_step(str(tmp_path / "empty"), "latest")
+
+
+def _tmp_dirs(workdir: pathlib.Path) -> list[str]:
+    ckpt = workdir / "checkpoints"
+    return [p.name for p in ckpt.iterdir() if "tmp" in p.name] if ckpt.is_dir() else []
+
+
+@pytest.mark.slow
+def test_kill_during_async_save_resumes_from_a_complete_checkpoint(tmp_path):
+    steps = 40
+    workdir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "spmix_jax.main",
+        "--config=configs/tiny.py",
+        f"--config.optim.total_steps={steps}",
+        "--config.train.checkpoint_every=1",
+        "--config.train.keep_checkpoints=100",
+        "--config.train.eval_every=1000",
+        f"--workdir={workdir}",
+    ]
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=str(REPO),
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    # SIGKILL the moment a save is in flight (orbax writes a step into a temporary folder and
+    # renames it when complete), once at least one step is complete.
+    deadline, seen_in_flight = time.time() + 600, []
+    while proc.poll() is None and time.time() < deadline:
+        in_flight = _tmp_dirs(workdir)
+        if in_flight and (workdir / "checkpoints" / "1").is_dir():
+            proc.send_signal(signal.SIGKILL)
+            seen_in_flight = in_flight
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert seen_in_flight, "no save was caught in flight: " + proc.stderr.read()[-3000:]
+    assert proc.returncode == -signal.SIGKILL
+    # Only complete steps are listed; the interrupted one is not among them.
+    manager = checkpointing.latest_manager(str(workdir), create=False)
+    complete = list(manager.all_steps())
+    assert complete and max(complete) < steps
+    for step in complete:
+        assert (workdir / "checkpoints" / str(step) / "state").is_dir()
+    resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"Training steps {max(complete)}..{steps} of {steps}" in resumed.stdout
+    assert checkpointing.latest_manager(str(workdir), create=False).latest_step() == steps

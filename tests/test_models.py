@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spmix_jax.models import SPMixNet, ViT, decode_variant
+from configs import tiny
+from spmix_jax.models import SPMixNet, ViT, decode_variant, make_model
 from spmix_jax.models.spmix_net import GroupBatchNorm
 
 
@@ -21,7 +22,7 @@ def _gelu(x):
     return x * 0.5 * (1 + np.vectorize(lambda v: erf(v / sqrt(2)))(x))
 
 
-def numpy_vit(p, images, patch, heads):
+def numpy_vit(p, images, patch, depth, heads):
     """Plain numpy ViT: conv patch-embed, CLS, positions, pre-norm blocks, final LN, CLS."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
     b, h, w, _ = images.shape
@@ -37,6 +38,7 @@ def numpy_vit(p, images, patch, heads):
         blk = p[f"block{i}"]
         y = _ln(x, blk["norm1"]["scale"], blk["norm1"]["bias"])
         a = blk["attn"]
+        assert a["query"]["kernel"].shape[1] == heads
         q = np.einsum("bld,dhk->blhk", y, a["query"]["kernel"]) + a["query"]["bias"]
         kk = np.einsum("bld,dhk->blhk", y, a["key"]["kernel"]) + a["key"]["bias"]
         v = np.einsum("bld,dhk->blhk", y, a["value"]["kernel"]) + a["value"]["bias"]
@@ -50,7 +52,7 @@ def numpy_vit(p, images, patch, heads):
         y = _gelu(y @ m["fc1"]["kernel"] + m["fc1"]["bias"]) @ m["fc2"]["kernel"] + m["fc2"]["bias"]
         x = x + y
         i += 1
-    assert i == heads or i > 0
+    assert i == depth, f"expected {depth} blocks, found {i}"
     x = _ln(x, p["encoder_norm"]["scale"], p["encoder_norm"]["bias"])
     return x[:, 0]
 
@@ -63,6 +65,33 @@ def test_decode_variant():
     for bad in ("S", "X/16", "S/x", "S/0"):
         with pytest.raises(ValueError, match="variant"):
             decode_variant(bad)
+
+
+def test_decode_hybrid_and_timm_small_variants():
+    s = decode_variant("timm_small/16")
+    assert (s.width, s.depth, s.mlp_dim, s.num_heads, s.hybrid) == (768, 8, 2304, 8, False)
+    h = decode_variant("R50d+timm_small/16")
+    assert (h.width, h.depth, h.patch_size, h.hybrid, h.trunk) == (768, 8, 16, True, "R50d")
+    assert decode_variant("R50d+B/16").width == 768 and decode_variant("R50d+B/16").hybrid
+    with pytest.raises(ValueError, match="needs patch size 16"):
+        decode_variant("R50d+timm_small/8")
+    with pytest.raises(ValueError, match="Unknown trunk"):
+        decode_variant("R18+S/16")
+
+
+def test_hybrid_vit_tokens_come_from_the_trunk():
+    """Shapes only (values: tests/test_pretrained.py checks the hybrid against timm)."""
+    model = ViT("Rmu+mu/16", image_size=32)
+    images = jnp.zeros((2, 32, 32, 3))
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(1), images)
+    assert variables["params"]["embedding"]["kernel"].shape == (1, 1, 128, 32)
+    assert "trunk" in variables["batch_stats"]
+
+    def embed(v):
+        return model.apply(v, images, True, method=ViT.embed, mutable=["batch_stats"])[0]
+
+    tokens = jax.eval_shape(embed, variables)
+    assert tokens.shape == (2, 4, 32)  # (32 / 16) ** 2 tokens
 
 
 def test_vit_matches_numpy_forward_and_split_equals_full():
@@ -79,7 +108,7 @@ def test_vit_matches_numpy_forward_and_split_equals_full():
     assert tokens.shape == (2, 4, 32)
     split = model.apply({"params": params}, tokens, method=ViT.encode)
     np.testing.assert_allclose(np.asarray(full), np.asarray(split), rtol=1e-6)
-    ref = numpy_vit(jax.tree.map(np.asarray, params), np.asarray(images, np.float64), 8, 2)
+    ref = numpy_vit(jax.tree.map(np.asarray, params), np.asarray(images, np.float64), 8, 2, 2)
     np.testing.assert_allclose(np.asarray(full), ref, atol=2e-4)
 
 
@@ -107,7 +136,7 @@ def test_group_batchnorm_matches_numpy_and_updates_stats():
 
 
 def test_spmixnet_heads_shapes_norms_and_bf16():
-    net = SPMixNet(num_classes=7, variant="mu/8", image_size=16, proj_hidden=16, proj_dim=8)
+    net = make_model(tiny.get_config())
     images = jax.random.uniform(jax.random.PRNGKey(0), (4, 16, 16, 3))
     variables = net.init(jax.random.PRNGKey(1), images, train=True)
     assert set(variables) == {"params", "batch_stats"}
@@ -131,7 +160,7 @@ def test_spmixnet_heads_shapes_norms_and_bf16():
     np.testing.assert_allclose(np.linalg.norm(np.asarray(out["features"]), axis=-1), 1, atol=1e-5)
     logits = net.apply(variables, images, method=SPMixNet.logits)
     assert logits.dtype == jnp.float32
-    net16 = SPMixNet(7, "mu/8", 16, 16, 8, dtype=jnp.bfloat16)
+    net16 = net.clone(dtype=jnp.bfloat16)
     l16 = net16.apply(variables, images, method=SPMixNet.logits)
     assert l16.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(l16), np.asarray(logits), atol=0.1)

@@ -111,7 +111,7 @@ def test_two_processes_match_one(tmp_path):
                 err_msg=f"{part}{name}",
             )
     assert int(a.step) == int(b.step) == STEPS
-    ev_multi = json.loads((multi / f"eval_validation_{STEPS}.json").read_text())
-    ev_single = json.loads((single / f"eval_validation_{STEPS}.json").read_text())
+    ev_multi = json.loads((multi / f"eval_synthetic-s0_validation_{STEPS}.json").read_text())
+    ev_single = json.loads((single / f"eval_synthetic-s0_validation_{STEPS}.json").read_text())
     assert ev_multi["num_examples"] == ev_single["num_examples"] == 40
     assert ev_multi["confusion_matrix"] == ev_single["confusion_matrix"]

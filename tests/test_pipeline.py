@@ -132,6 +132,93 @@ def test_prepare_image_on_real_ham10000_jpeg(ham10000_dir):
         assert out.shape == (size, size, 3) and diff.mean() < 3.0, (size, diff.mean())
 
 
+# --- training frames: the whole image, a fixed shape, a valid box ------------------------------
+
+
+def test_frame_keeps_a_landscape_image_whole():
+    """600x450 (W x H) into a 256 x 341 frame: the whole image, resized once, no padding."""
+    img = _smooth_image(450, 600)
+    assert pipeline.frame_shape(256, 4.0 / 3.0) == (256, 341)
+    frame, box = pipeline.resize_to_frame(img, 256, 341)
+    assert frame.shape == (256, 341, 3) and frame.dtype == np.uint8
+    np.testing.assert_array_equal(box, [0, 0, 256, 341])
+    # Scale 256 / 450 keeps the aspect exactly: 341 columns cover 599.4 of the 600 (0.3 each side).
+    cover = 341 * 450 / 256
+    box = ((600 - cover) / 2, 0, (600 + cover) / 2, 450)
+    whole = np.asarray(Image.fromarray(img).resize((341, 256), Image.Resampling.BILINEAR, box=box))
+    np.testing.assert_array_equal(frame, whole)
+    # The old square crop would have lost a quarter of the width; the frame keeps both edges.
+    np.testing.assert_allclose(frame[:, 0].mean(), whole[:, 0].mean(), atol=1)
+
+
+def test_frame_pads_or_crops_to_one_shape_and_records_the_valid_box():
+    # Wider than 4:3: short side to 256, the long side centre-cropped to 341, box = frame.
+    wide, box = pipeline.resize_to_frame(_smooth_image(300, 900), 256, 341)
+    assert wide.shape == (256, 341, 3)
+    np.testing.assert_array_equal(box, [0, 0, 256, 341])
+    # Square: short side 256, width padded on both sides by repeating the edge columns.
+    square, box = pipeline.resize_to_frame(_smooth_image(300, 300), 256, 341)
+    np.testing.assert_array_equal(box, [0, 42, 256, 256])
+    assert square.shape == (256, 341, 3)
+    np.testing.assert_array_equal(square[:, :42], np.repeat(square[:, 42:43], 42, axis=1))
+    np.testing.assert_array_equal(square[:, 298:], np.repeat(square[:, 297:298], 43, axis=1))
+    # Portrait: the short side (width) to 256, height centre-cropped to 256, width padded.
+    tall, box = pipeline.resize_to_frame(_smooth_image(400, 300), 256, 341)
+    assert tall.shape == (256, 341, 3)
+    np.testing.assert_array_equal(box, [0, 42, 256, 256])
+    # A square frame is the centre square of `prepare_image`, box = the frame.
+    img = _smooth_image(45, 60)
+    framed, box = pipeline.resize_to_frame(img, 32, 32)
+    np.testing.assert_array_equal(framed, pipeline.resize_centre_square(img, 32))
+    np.testing.assert_array_equal(box, [0, 0, 32, 32])
+    with pytest.raises(ValueError, match="image_aspect"):
+        pipeline.frame_shape(256, 0.75)
+
+
+class _Frames:
+    """A source of 60 x 45 (W x H) landscape images, the shape of HAM10000 / 10."""
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        img = _smooth_image(45, 60)
+        img[..., 0] = (img[..., 0].astype(int) + 7 * i) % 256
+        return {"image": img, "label": int(self.labels[i]), "image_id": f"im{i}"}
+
+
+def test_train_batches_carry_whole_frames_and_their_boxes():
+    labels = np.arange(32) % 7
+    split = DataSplit(
+        source=_Frames(labels),
+        class_counts=np.bincount(labels, minlength=7),
+        class_names=synthetic.CLASS_NAMES,
+        split="train",
+        labels=labels,
+    )
+    it = _train(split, image_aspect=4.0 / 3.0)
+    batch = next(it)
+    state = it.get_state()
+    it.close()
+    assert batch["primary_image"].shape == (8, SIZE, 21, 3)
+    for who in ("primary", "secondary"):
+        assert batch[f"{who}_box"].dtype == np.int32
+        np.testing.assert_array_equal(batch[f"{who}_box"], np.tile([0, 0, SIZE, 21], (8, 1)))
+        for slot in range(8):
+            index = batch[f"{who}_index"][slot]
+            want, _ = pipeline.resize_to_frame(split.source[index]["image"], SIZE, 21)
+            np.testing.assert_array_equal(batch[f"{who}_image"][slot], want)
+    assert state["image_aspect"] == pytest.approx(4.0 / 3.0)
+    # A state saved with square frames is refused.
+    square = _train(split)
+    with pytest.raises(ValueError, match="image_aspect"):
+        square.set_state(state)
+    square.close()
+
+
 # --- training iterator ------------------------------------------------------------------------
 
 

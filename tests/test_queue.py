@@ -51,6 +51,17 @@ def test_init_random_and_empty():
         kq.init_queue(jax.random.key(0), 0, 4, 3)
 
 
+def test_init_released_normalises_along_the_queue_axis():
+    """randn(K, d) normalised over the K entries (dim 0), as the released code builds it."""
+    q = kq.init_queue(jax.random.key(0), 256, 16, 7, mode="released")
+    feats = np.asarray(q.features)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=0), 1.0, rtol=1e-5)
+    # Each entry is short: norm about sqrt(d / K) = 0.25, far from a unit vector.
+    assert 0.15 < np.linalg.norm(feats, axis=1).mean() < 0.35
+    labels = np.asarray(q.labels)
+    assert labels.min() >= 0 and labels.max() < 7 and bool(jnp.all(q.valid))
+
+
 @pytest.mark.parametrize("mode", ["random", "empty"])
 def test_enqueue_wraps_around_like_a_deque(mode):
     size, batch, dim = 12, 4, 3

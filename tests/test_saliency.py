@@ -150,6 +150,23 @@ def test_fine_grained_matches_opencv_on_synthetic(which):
             assert o.min() >= 0.0 and o.max() == 1.0, name
 
 
+@pytest.mark.parametrize("shape", [(224, 224), (256, 256), (320, 480)])
+def test_fine_grained_matches_opencv_where_float32_sums_round(ham_rgb, shape):
+    """Bright images and images past 256x256: OpenCV's float32 integral image and window sums
+    round there (values beyond 2**24), and the maps must still be bit-identical."""
+    h, w = shape
+    rng = np.random.default_rng(h + w)
+    bright = rng.integers(200, 256, (h, w)).astype(np.uint8)
+    bright[h // 3 : h // 2, w // 3 : w // 2] = 30  # a dark lesion on bright skin
+    lesion = _rgb_to_gray_u8(
+        [np.asarray(Image.fromarray(ham_rgb["native"][0]).resize((w, h), Image.BILINEAR))]
+    )[0]
+    pair = np.stack([bright, lesion])
+    ours = _ours("fine_grained", pair)
+    for o, g in zip(ours, pair, strict=True):
+        np.testing.assert_array_equal(o, _opencv("fine_grained", g))
+
+
 def test_fine_grained_keeps_opencv_uint8_wraparound():
     """Where on + off passes 255, OpenCV's uchar cast keeps the low byte (257 -> 1)."""
     g = np.full((54, 54), 21, np.uint8)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from configs import tiny
@@ -63,7 +64,7 @@ class Harness:
 def build(config: ml_collections.ConfigDict) -> Harness:
     """Model, optimizer, shardings and jitted step, wired exactly as `train.train_and_evaluate`."""
     num_train = config.data.synthetic.num_train
-    log_prior = losses.class_log_prior(CLASS_COUNTS, primary="instance", balanced_q=1.0)
+    log_prior = step_lib.loss_log_prior(config, CLASS_COUNTS)  # as train.py computes it
     mesh = sharding.make_mesh()
     model = make_model(config)
     tx = optimizer.make_optimizer(config, num_train)
@@ -71,6 +72,16 @@ def build(config: ml_collections.ConfigDict) -> Harness:
     train_step = train.jit_train_step(config, model, tx, log_prior, num_train, shardings, mesh)
     lr_schedule = optimizer.learning_rate_schedule(config, num_train)
     return Harness(config, mesh, model, tx, shardings, train_step, log_prior, lr_schedule)
+
+
+def numpy_log_prior(config: ml_collections.ConfigDict) -> np.ndarray:
+    """docs/method.md section 8 in numpy: n_c / N for an instance primary, else ~ n_c^(1-q)."""
+    counts = np.asarray(CLASS_COUNTS, np.float64)
+    if config.mix.primary == "instance":
+        weights = counts
+    else:
+        weights = counts ** (1.0 - config.input.balanced_q)
+    return np.log(weights / weights.sum())
 
 
 def make_batch(seed: int) -> dict[str, np.ndarray]:
@@ -152,8 +163,16 @@ def default() -> dict[str, Any]:
         "hosts": hosts,
         "metrics": reported,
         "state": states[-1],
-        "recompute": jax.jit(functools.partial(_recompute, h)),
+        "recompute": jax.jit(functools.partial(_recompute, h, numpy_log_prior(h.config))),
     }
+
+
+def test_default_prior_is_that_of_the_balanced_primary(default):
+    """Balanced primary with q = 1: the loss sees uniform labels, so the prior is uniform."""
+    h = default["h"]
+    assert h.config.mix.primary == "balanced" and h.config.input.balanced_q == 1.0
+    np.testing.assert_allclose(h.log_prior, np.full(7, -np.log(7.0)), rtol=1e-6)
+    np.testing.assert_allclose(h.log_prior, numpy_log_prior(h.config), rtol=1e-6)
 
 
 def test_default_step_counts_and_loss(default):
@@ -228,6 +247,8 @@ def test_default_queue_enqueue(default):
 def _pair_views(make, key_a, key_b, images_a, images_b, config):
     """`make(key_a, images_a)` and `make(key_b, images_b)` in one call (one compile of the view).
 
+    Each returns (view01, normed, geometry-only warp).
+
     A single key is split into one key per example inside the view function, so passing those
     per-example keys for both halves of a concatenated batch gives the same two results.
     """
@@ -235,12 +256,16 @@ def _pair_views(make, key_a, key_b, images_a, images_b, config):
     keys = jnp.concatenate([jax.random.split(key_a, n), jax.random.split(key_b, n)])
     images = jnp.concatenate([jnp.asarray(images_a), jnp.asarray(images_b)])
     settings = augment.ViewSettings.from_config(config.augment)
-    view01, normed = make(keys, images, out_size=config.model.image_size, settings=settings)
-    return (view01[:n], normed[:n]), (view01[n:], normed[n:])
+    out = make(
+        keys, images, out_size=config.model.image_size, settings=settings, with_geometry=True
+    )
+    return tuple(x[:n] for x in out), tuple(x[n:] for x in out)
 
 
-def _recompute(h: Harness, state: state_lib.TrainState, batch: dict[str, np.ndarray]):
-    """The step's forward pass rebuilt from the public functions, for the default config.
+def _recompute(
+    h: Harness, log_prior: np.ndarray, state: state_lib.TrainState, batch: dict[str, np.ndarray]
+):
+    """The step's forward pass rebuilt from the public functions, for an EMA-key SPMix config.
 
     Returns (loss, query logits, keys, query batch_stats, key batch_stats, query ratios).
     """
@@ -250,9 +275,15 @@ def _recompute(h: Harness, state: state_lib.TrainState, batch: dict[str, np.ndar
     rng_views, rng_rq, rng_rk = jax.random.split(rng, 3)
     k_pq, k_sq, k_pk, k_sk = jax.random.split(rng_views, 4)
     p_img, s_img = batch["primary_image"], batch["secondary_image"]
-    (pq01, pq), (sq01, sq) = _pair_views(augment.query_view, k_pq, k_sq, p_img, s_img, config)
-    (pk01, pk), (sk01, sk) = _pair_views(augment.key_view, k_pk, k_sk, p_img, s_img, config)
-    sal = jnp.split(saliency.compute("fine_grained", jnp.concatenate([pq01, sq01, pk01, sk01])), 4)
+    (_, pq, pq_geo), (_, sq, sq_geo) = _pair_views(
+        augment.query_view, k_pq, k_sq, p_img, s_img, config
+    )
+    (_, pk, pk_geo), (_, sk, sk_geo) = _pair_views(
+        augment.key_view, k_pk, k_sk, p_img, s_img, config
+    )
+    # Static saliency reads the geometry-only warps (docs/method.md section 4).
+    geo = jnp.concatenate([pq_geo, sq_geo, pk_geo, sk_geo])
+    sal = jnp.split(saliency.compute("fine_grained", geo), 4)
 
     def ratios(sal_a, sal_b, rng_r):
         return mixing.patch_ratios(
@@ -281,7 +312,7 @@ def _recompute(h: Harness, state: state_lib.TrainState, batch: dict[str, np.ndar
         jnp.concatenate([q_out["logits"], k_out["logits"]]),
         state.queue.features,
         state.queue.labels,
-        h.log_prior,
+        log_prior,
         alpha=config.loss.alpha,
         beta=config.loss.beta,
         gamma=config.loss.gamma,
@@ -408,7 +439,9 @@ def test_cutmix_ce(cutmix_ce):
         # The query views and the CutMix draw, with the keys `make_views` and the step use.
         rng_views, rng_rq, _ = _step_rngs(c, 0)
         keys = jax.random.split(rng_views, 4)
-        (_, pq), (_, sq) = _pair_views(augment.query_view, keys[0], keys[1], primary, secondary, c)
+        (_, pq, _), (_, sq, _) = _pair_views(
+            augment.query_view, keys[0], keys[1], primary, secondary, c
+        )
         mixed, lam = mixing.cutmix(rng_rq, pq, sq, c.mix.beta_a)
         return model.apply({"params": params}, mixed, method=model.logits), lam
 
@@ -455,6 +488,135 @@ def test_global_ratio_empty_queue(global_ratio_empty_queue):
     np.testing.assert_array_equal(after.queue.features[BATCH:], 0.0)
 
 
+@pytest.fixture(scope="module")
+def instance_primary():
+    return _one_step(
+        tiny_config(**{"mix.primary": "instance", "mix.noise": 0.5, "input.balanced_q": 0.5})
+    )
+
+
+def test_instance_primary_step_uses_the_training_frequency(instance_primary):
+    """mix.primary=instance: the step's loss is GPaCo with log(n_c / N) on the class slots."""
+    h, before, batch, after, values = instance_primary
+    prior = numpy_log_prior(h.config)
+    np.testing.assert_allclose(prior, np.log(np.asarray(CLASS_COUNTS) / sum(CLASS_COUNTS)))
+    np.testing.assert_allclose(h.log_prior, prior, rtol=1e-6)
+    loss, logits, keys, _, _, r_q = jax.jit(functools.partial(_recompute, h, prior))(before, batch)
+    assert values["loss"] == pytest.approx(float(loss), rel=1e-5, abs=1e-5)
+    assert values["mix_ratio_mean"] == pytest.approx(float(jnp.mean(r_q)), abs=1e-5)
+    np.testing.assert_allclose(after.queue.features[:BATCH], keys, atol=5e-5)
+    # The prior matters: with the balanced primary's (uniform) prior the loss is another number.
+    uniform = np.full(7, -np.log(7.0))
+    other, *_ = jax.jit(functools.partial(_recompute, h, uniform))(before, batch)
+    assert abs(float(other) - values["loss"]) > 1e-3
+
+
+def _shared_loss(h, log_prior, params, state, batch, *, key_logits_from_query, stop_key):
+    """GPaCo loss of the shared-key step at step 0 (random ratios), rebuilt from public functions.
+
+    `stop_key` stops the gradient through the key branch (what the EMA mode does); the key rows'
+    class logits come from the query branch when `key_logits_from_query`.
+    """
+    config, model = h.config, h.model
+    rng_views, rng_rq, rng_rk = _step_rngs(config, 0)
+    k_pq, k_sq, k_pk, k_sk = jax.random.split(rng_views, 4)
+    p_img, s_img = batch["primary_image"], batch["secondary_image"]
+    (_, pq, _), (_, sq, _) = _pair_views(augment.query_view, k_pq, k_sq, p_img, s_img, config)
+    (_, pk, _), (_, sk, _) = _pair_views(augment.key_view, k_pk, k_sk, p_img, s_img, config)
+    flat = jnp.zeros(pq.shape[:3])
+    patch = decode_variant(config.model.variant).patch_size
+    cfg = dict(patch_size=patch, alpha=config.mix.alpha, r_min=config.mix.r_min, mode="random")
+    r_q = mixing.patch_ratios(flat, flat, rng=rng_rq, **cfg)
+    r_k = mixing.patch_ratios(flat, flat, rng=rng_rk, **cfg)
+    q_vars = {"params": params, "batch_stats": state.batch_stats}
+    q_out, q_upd = model.apply(
+        q_vars, pq, True, sq, r_q, method=model.query, mutable=["batch_stats"]
+    )
+    k_params = jax.lax.stop_gradient(params) if stop_key else params
+    k_vars = {"params": k_params, "batch_stats": q_upd["batch_stats"]}
+    k_out, _ = model.apply(k_vars, pk, True, sk, r_k, method=model.key, mutable=["batch_stats"])
+    key_logits = q_out["logits"] if key_logits_from_query else k_out["logits"]
+    labels = jnp.asarray(batch["primary_label"])
+    return losses.gpaco_loss(
+        jnp.concatenate([q_out["features"], k_out["features"]]),
+        jnp.concatenate([labels, labels]),
+        jnp.concatenate([q_out["logits"], key_logits]),
+        state.queue.features,
+        state.queue.labels,
+        log_prior,
+        alpha=config.loss.alpha,
+        beta=config.loss.beta,
+        gamma=config.loss.gamma,
+        temperature=config.loss.temperature,
+        queue_mask=state.queue.valid,
+    )
+
+
+@pytest.fixture(scope="module")
+def shared_key_logits_from_query():
+    h, before, batch, after, values = _one_step(
+        tiny_config(
+            **{
+                "model.key_encoder": "shared",
+                "loss.key_logits_from_query": True,
+                "mix.ratio": "random",
+                "optim.warmup_epochs": 0.0,
+            }
+        )
+    )
+    prior = numpy_log_prior(h.config)
+
+    @functools.partial(jax.jit, static_argnames=("from_query", "stop_key"))
+    def recompute(from_query: bool, stop_key: bool):
+        """(loss, the parameters after one optimizer step on its gradient)."""
+        loss_fn = functools.partial(
+            _shared_loss,
+            h,
+            prior,
+            state=before,
+            batch=batch,
+            key_logits_from_query=from_query,
+            stop_key=stop_key,
+        )
+        loss, grads = jax.value_and_grad(loss_fn)(before.params)
+        updates, _ = h.tx.update(grads, before.opt_state, before.params)
+        return loss, optax.apply_updates(before.params, updates)
+
+    return h, before, after, values, recompute
+
+
+def _share_moved_differently(a: Any, b: Any, lr: float) -> float:
+    """Share of parameter entries whose one-step values differ by more than lr / 2."""
+    diffs = [
+        np.abs(np.asarray(x) - np.asarray(y)) > lr / 2
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    ]
+    return float(np.concatenate([d.ravel() for d in diffs]).mean())
+
+
+def test_shared_key_logits_from_query_changes_the_loss_as_specified(shared_key_logits_from_query):
+    """The key rows of GPaCo carry the QUERY branch's class logits, and that changes the loss."""
+    h, before, after, values, recompute = shared_key_logits_from_query
+    loss, _ = recompute(True, False)
+    assert values["loss"] == pytest.approx(float(loss), rel=1e-5, abs=1e-5)
+    own, _ = recompute(False, False)
+    assert abs(float(own) - values["loss"]) > 1e-4
+
+
+def test_shared_key_encoder_trains_through_both_branches(shared_key_logits_from_query):
+    """The step's update is that of the full gradient, not of one stopped at the key branch."""
+    h, before, after, values, recompute = shared_key_logits_from_query
+    lr = values["learning_rate"]
+    assert lr > 0
+    _, full = recompute(True, False)
+    _, stopped = recompute(True, True)
+    # Adam's first step moves each entry by about lr * sign(gradient): entries agree with the
+    # full-gradient update up to a few with gradients near zero, and many disagree with the other.
+    assert _share_moved_differently(after.params, full, lr) < 0.01
+    assert _share_moved_differently(after.params, stopped, lr) > 0.05
+    assert _share_moved_differently(full, stopped, lr) > 0.05
+
+
 def test_train_metrics_merge_under_jit():
     rng = np.random.default_rng(4)
     steps = []
@@ -466,6 +628,7 @@ def test_train_metrics_merge_under_jit():
                 labels=rng.integers(0, 4, size=8),  # int64 on the host; cast to int32 inside
                 mix_ratio_mean=np.float32(rng.uniform(0.5, 0.8)),
                 learning_rate=np.float32(rng.uniform(1e-6, 1e-4)),
+                grad_norm=np.float32(rng.uniform(0.1, 5.0)),
             )
         )
 
@@ -484,4 +647,5 @@ def test_train_metrics_merge_under_jit():
         np.mean([s["mix_ratio_mean"] for s in steps]), rel=1e-6
     )
     assert values["learning_rate"] == pytest.approx(float(steps[-1]["learning_rate"]), rel=1e-6)
-    assert set(values) == {"loss", "accuracy", "mix_ratio_mean", "learning_rate"}
+    assert values["grad_norm"] == pytest.approx(np.mean([s["grad_norm"] for s in steps]), rel=1e-6)
+    assert set(values) == {"loss", "accuracy", "mix_ratio_mean", "learning_rate", "grad_norm"}

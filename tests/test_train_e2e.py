@@ -128,20 +128,33 @@ def test_killed_and_resumed_run_equals_uninterrupted_run_bitwise(runs):
 
 def test_run_leaves_eval_json_figures_and_events(runs):
     full = runs["full"]
-    result = json.loads((full / f"eval_validation_{STEPS}.json").read_text())
+    result = json.loads((full / f"eval_synthetic-s0_validation_{STEPS}.json").read_text())
     assert 0.0 <= result["balanced_accuracy"] <= 1.0
     assert len(result["confusion_matrix"]) == 7
-    assert (full / f"confusion_validation_{STEPS}.png").stat().st_size > 1000
+    assert (full / f"confusion_synthetic-s0_validation_{STEPS}.png").stat().st_size > 1000
     assert (full / "pairs.png").stat().st_size > 1000
     assert (full / "figures" / f"confusion_validation_{STEPS}.png").stat().st_size > 1000
     assert list(full.glob("events.out.tfevents.*"))
+    # The run ends on the test split too, and records what it was.
+    test = json.loads((full / f"eval_synthetic-s0_test_{STEPS}.json").read_text())
+    assert test["split"] == "test" and test["role"] == "held-out test split"
+    assert json.loads((full / "config.json").read_text())["optim"]["total_steps"] == STEPS
+    assert "--config=configs/tiny.py" in (full / "command.txt").read_text()
+    # TensorBoard: the pair figure and per-class recall at the periodic evaluation, grad norm.
+    assert (full / "figures" / f"pairs_{STEPS}.png").stat().st_size > 1000
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(str(full), size_guidance={"tensors": 0})
+    events.Reload()
+    tags = set(events.Tags()["tensors"])
+    assert {"train/grad_norm", "val_recall/DF", "train/pairs", "val/few_accuracy"} <= tags, tags
 
 
 def test_eval_on_one_device_matches_eight(runs):
     full = runs["full"]
     config = tiny.get_config()
     config.optim.total_steps = STEPS
-    eight = json.loads((full / f"eval_validation_{STEPS}.json").read_text())
+    eight = json.loads((full / f"eval_synthetic-s0_validation_{STEPS}.json").read_text())
     # Re-evaluate the same checkpoint in a process that has a single CPU device.
     out = full / "one_device"
     out.mkdir()
@@ -156,7 +169,7 @@ def test_eval_on_one_device_matches_eight(runs):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    one = json.loads((out / f"eval_validation_{STEPS}.json").read_text())
+    one = json.loads((out / f"eval_synthetic-s0_validation_{STEPS}.json").read_text())
     assert one["confusion_matrix"] == eight["confusion_matrix"]
     for key in ("accuracy", "balanced_accuracy", "macro_f1"):
         assert one[key] == pytest.approx(eight[key], abs=1e-9)
@@ -183,7 +196,7 @@ def test_predict_writes_probabilities_csv(runs):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    lines = (full / f"predict_validation_{STEPS}.csv").read_text().splitlines()
+    lines = (full / f"predict_synthetic-s0_validation_{STEPS}.csv").read_text().splitlines()
     assert lines[0] == "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC"
     assert len(lines) == 1 + 40
     probs = np.array([[float(v) for v in line.split(",")[1:]] for line in lines[1:]])

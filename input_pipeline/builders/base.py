@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from input_pipeline.builders import csv_layout, image_files
+from input_pipeline.builders import csv_layout, fingerprint, image_files
 from input_pipeline.builders.csv_layout import DataError, Problem
 from input_pipeline.builders.image_files import Item
 
@@ -97,6 +97,11 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     def _short_side(self) -> int:
         raise NotImplementedError
 
+    def _fingerprint_roots(self, source: str) -> tuple[str, list[str]]:
+        """(source folder, files and folders read) for the source fingerprint; by default the
+        `source` given to `_finish` (e.g. the manual dir)."""
+        return source, [source]
+
     def recorded_params(self) -> dict[str, Any]:
         """The parameters stored in the metadata (what the content of the dataset depends on)."""
         return {**self._build_params(), "skip_bad": self._skip_bad}
@@ -117,13 +122,15 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         """Records labels, counts and the report in the metadata; returns the split generators.
 
         Refuses a train split with an empty class (`source` names the input in the message) and
-        logs the report's warnings first. Items are written sorted by image id; the stored
+        logs the report's warnings first; a dataset without a train split (a folder kept whole
+        for evaluation) may miss classes. Items are written sorted by image id; the stored
         labels follow the same order.
         """
         class_names = self._class_names()
-        csv_layout.check_no_empty_class(
-            [it.label for it in splits["train"]], class_names, f"{source} (train split)"
-        )
+        if "train" in splits:
+            csv_layout.check_no_empty_class(
+                [it.label for it in splits["train"]], class_names, f"{source} (train split)"
+            )
         for warning in report.warnings:
             logging.warning("%s", warning)
         meta_splits = {}
@@ -150,6 +157,10 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             "class_names": list(class_names),
             "splits": meta_splits,
             "report": report.to_json(),
+            # Lets training notice a source that changed after this build (sources.py).
+            "source_fingerprint": fingerprint.compute(
+                *self._fingerprint_roots(source), str(self.VERSION), self.recorded_params()
+            ),
         }
         return {name: self._generate_examples(items) for name, items in ordered.items()}
 

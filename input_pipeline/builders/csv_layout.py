@@ -14,9 +14,12 @@ import dataclasses
 import io
 import math
 import os
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
+
+from spmix_jax.errors import UserError
 
 # Extensions recognised as images; an id in a CSV may carry one of them (it is stripped).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -28,7 +31,7 @@ LABEL_COLUMN = "label"
 MAX_PROBLEMS_SHOWN = 20
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input data; the message names the file, the CSV line and what was expected."""
 
 
@@ -62,8 +65,12 @@ class LabelRow:
 
 
 def image_id_from_value(value: str) -> str:
-    """`'dir/ISIC_001.jpg'` -> `'ISIC_001'`; ids are file stems without an image extension."""
-    value = value.strip().replace("\\", "/")
+    """`'dir/ISIC_001.jpg'` -> `'ISIC_001'`; ids are file stems without an image extension.
+
+    Ids are Unicode NFC (as `image_files.index_images` keys files), so an accented id typed in
+    one normalisation form matches a file named in the other (macOS writes NFD names).
+    """
+    value = unicodedata.normalize("NFC", value.strip().replace("\\", "/"))
     base = value.rsplit("/", 1)[-1]
     stem, ext = os.path.splitext(base)
     return stem if ext.lower() in IMAGE_EXTENSIONS else base
@@ -240,8 +247,9 @@ def parse_label_csv(
     path: str | os.PathLike, class_names: Sequence[str], *, ignore_columns: Sequence[str] = ()
 ) -> tuple[list[LabelRow], list[Problem]]:
     """`parse_label_rows` on a file (UTF-8, a byte-order mark is allowed)."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return parse_label_rows(f, os.fspath(path), class_names, ignore_columns=ignore_columns)
+    return parse_label_rows(
+        read_text(path), os.fspath(path), class_names, ignore_columns=ignore_columns
+    )
 
 
 def parse_lesion_rows(lines: Iterable[str], source: str) -> tuple[dict[str, str], list[Problem]]:
@@ -289,13 +297,32 @@ def parse_lesion_rows(lines: Iterable[str], source: str) -> tuple[dict[str, str]
 
 def parse_lesion_csv(path: str | os.PathLike) -> tuple[dict[str, str], list[Problem]]:
     """`parse_lesion_rows` on a file."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return parse_lesion_rows(f, os.fspath(path))
+    return parse_lesion_rows(read_text(path), os.fspath(path))
 
 
-def text_lines(data: bytes) -> io.StringIO:
-    """CSV bytes (e.g. read from a zip) as a text stream, dropping a byte-order mark."""
-    return io.StringIO(data.decode("utf-8-sig"), newline="")
+def read_text(path: str | os.PathLike) -> io.StringIO:
+    """A CSV file as a text stream; text that is not UTF-8 is refused naming the file and line."""
+    with open(path, "rb") as f:
+        return text_lines(f.read(), os.fspath(path))
+
+
+def text_lines(data: bytes, source: str = "the CSV") -> io.StringIO:
+    """CSV bytes (e.g. read from a zip) as a text stream, dropping a byte-order mark.
+
+    Bytes that are not UTF-8 (a CSV saved as Latin-1 or Windows-1252) raise `DataError` with
+    the line and column, instead of a decoding error that names neither.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        shown = data[e.start : e.start + 4]
+        raise DataError(
+            f"{source}, line {line}: not UTF-8 text (bytes {shown!r} at column {column}); save "
+            "the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 in.csv > out.csv)"
+        ) from None
+    return io.StringIO(text, newline="")
 
 
 def format_problems(problems: Sequence[Problem], limit: int = MAX_PROBLEMS_SHOWN) -> str:

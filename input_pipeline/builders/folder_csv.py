@@ -57,8 +57,8 @@ def parse_fractions(text: str | Sequence[float]) -> tuple[float, ...]:
         raise ValueError(
             f"give 1 to 3 split fractions (train[,validation[,test]]), got {len(values)}: {text!r}"
         )
-    if any(not np.isfinite(v) or v < 0 for v in values) or values[0] <= 0:
-        raise ValueError(f"split fractions must be >= 0 with train > 0, got {text!r}")
+    if any(not np.isfinite(v) or v < 0 for v in values) or sum(values) <= 0:
+        raise ValueError(f"split fractions must be >= 0 and not all 0, got {text!r}")
     return values
 
 
@@ -168,6 +168,10 @@ class FolderCsv(base.ArrayRecordBuilder):
 
     def _short_side(self) -> int:
         return self._config.short_side
+
+    def _fingerprint_roots(self, source: str) -> tuple[str, list[str]]:
+        c = self._config
+        return c.source_dir, [c.csv, c.metadata, c.images]
 
     def _build_params(self) -> dict[str, Any]:
         c = self._config

@@ -11,15 +11,20 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import errno
 import io
 import os
 import threading
+import time
+import unicodedata
 import zipfile
 from collections.abc import Mapping, Sequence
 
+from absl import logging
 from etils import epath
 from PIL import Image
 
+from input_pipeline import image_modes
 from input_pipeline.builders import csv_layout
 from input_pipeline.builders.csv_layout import DataError, Problem
 
@@ -58,11 +63,33 @@ def _open_zip(path: str) -> zipfile.ZipFile:
     return zips[path]
 
 
+# Errors of a source read that may pass (network file systems, flaky disks), and the pauses
+# before each retry; anything else, or the same error once more, is final.
+_TRANSIENT_ERRNOS = (errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.EINTR)
+RETRY_DELAYS_S = (0.2, 1.0, 5.0)
+
+
 def read_image_bytes(ref: ImageRef) -> bytes:
-    """The stored bytes of `ref`, unchanged."""
-    if ref.member:
-        return _open_zip(ref.path).read(ref.member)
-    return epath.Path(ref.path).read_bytes()
+    """The stored bytes of `ref`, unchanged; a transient I/O error is retried with a message."""
+    for attempt in range(len(RETRY_DELAYS_S) + 1):
+        try:
+            if ref.member:
+                return _open_zip(ref.path).read(ref.member)
+            return epath.Path(ref.path).read_bytes()
+        except OSError as e:
+            if e.errno not in _TRANSIENT_ERRNOS or attempt == len(RETRY_DELAYS_S):
+                raise
+            delay = RETRY_DELAYS_S[attempt]
+            logging.warning(
+                "Reading %s failed (%s); retry %d of %d in %.1f s",
+                ref,
+                e,
+                attempt + 1,
+                len(RETRY_DELAYS_S),
+                delay,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _is_image_name(name: str) -> bool:
@@ -85,8 +112,9 @@ class ImageIndex:
 def index_images(root: str | os.PathLike) -> ImageIndex:
     """Indexes every image file under a folder (recursively) or inside a `.zip` archive.
 
-    Ids are file stems (`ISIC_0024306.jpg` -> `ISIC_0024306`). An id found twice (two
-    extensions, two sub-folders) is ambiguous: it becomes a `duplicate_id` problem.
+    Ids are file stems (`ISIC_0024306.jpg` -> `ISIC_0024306`) in Unicode NFC, whatever form the
+    file system stores. An id found twice (two extensions, two sub-folders, two normalisation
+    forms) is ambiguous: it becomes a `duplicate_id` problem.
     """
     root = os.fspath(root)
     found: dict[str, list[ImageRef]] = collections.defaultdict(list)
@@ -95,13 +123,14 @@ def index_images(root: str | os.PathLike) -> ImageIndex:
             for info in zf.infolist():
                 if not info.is_dir() and _is_image_name(info.filename):
                     stem = os.path.splitext(info.filename.rsplit("/", 1)[-1])[0]
-                    found[stem].append(ImageRef(root, info.filename))
+                    found[unicodedata.normalize("NFC", stem)].append(ImageRef(root, info.filename))
     elif os.path.isdir(root):
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if d != "__MACOSX" and not d.startswith("."))
             for name in sorted(filenames):
                 if _is_image_name(name):
-                    found[os.path.splitext(name)[0]].append(ImageRef(os.path.join(dirpath, name)))
+                    stem = unicodedata.normalize("NFC", os.path.splitext(name)[0])
+                    found[stem].append(ImageRef(os.path.join(dirpath, name)))
     else:
         raise DataError(f"{root}: not a folder or zip archive of images")
     refs: dict[str, ImageRef] = {}
@@ -202,7 +231,7 @@ def inspect_image(data: bytes) -> ImageInfo:
             fmt, mode = im.format or "", im.mode
             im.load()
             if mode != "RGB":
-                im.convert("RGB")
+                image_modes.to_rgb(im)  # refuses modes without an 8-bit reading
             width, height = im.size
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError
         raise ValueError(f"{type(e).__name__}: {e}") from None
@@ -240,7 +269,7 @@ def prepare_image(data: bytes, short_side: int = 0) -> tuple[bytes, bool]:
         resize = short_side > 0 and min(width, height) > short_side
         if keep and not resize:
             return data, False
-        rgb = im.convert("RGB")
+        rgb = image_modes.to_rgb(im)  # 16-bit and float samples scaled, not clipped
     if resize:
         size = short_side_size(width, height, short_side)
         rgb = rgb.resize(size, Image.Resampling.BICUBIC)

@@ -8,17 +8,22 @@ value) and `has_labels: false` in the `spmix` metadata block.
 Configs (see `isic2018_config` for the name grammar):
   short256          images downscaled so the shorter side is 256, JPEG quality 95 (default)
   original          the downloaded bytes, unchanged
-  released          the released code's split: official train + validation pooled, 46 images per
-                    class held out (seed 0) as `validation` (322), the rest `train` (9886);
-                    `test` as above. Images as in short256. Like the released code, the hold-out
-                    is drawn by image, not by lesion.
-  short<N>, released_original, released_short<N>, released..._holdout<H>_seed<S>: variants.
+  released          the released code's split, from its own lists (shipped in
+                    `builders/data/isic2018_released_split.csv`, see SOURCE.md there): official
+                    train + validation pooled, the 322 listed images (46 per class) as
+                    `validation`, the 9886 others `train`; `test` as above. Images as in
+                    short256. The lists are by image, not by lesion.
+  short<N>, released_original, released_short<N>: variants of the image storage.
+  released..._holdout<H>_seed<S>: a released-style split drawn here instead (H per class held
+                    out with seed S), not the released code's lists.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
+import pathlib
 import re
 import zipfile
 from typing import Any
@@ -31,6 +36,10 @@ from input_pipeline.builders import base, csv_layout, image_files, splitting
 
 OFFICIAL_COUNTS = {"train": 10015, "validation": 193, "test": 1512}
 RELEASED_HOLDOUT = 46
+# The released code's split lists (image_id, label, split = train | heldout), package data.
+RELEASED_LISTS = pathlib.Path(__file__).parent / "data" / "isic2018_released_split.csv"
+# Builds older than this hold a `released` split drawn by seed, not the released code's lists.
+LISTED_SPLIT_VERSION = (1, 1, 0)
 # (split, file-name stem used by the challenge); the Test input also circulates as *_Test_Images.
 _PARTS = (
     ("train", "ISIC2018_Task3_Training", ("ISIC2018_Task3_Training_Input",)),
@@ -62,17 +71,24 @@ images without ground truth get label -1. Then run
 
 @dataclasses.dataclass(eq=False)
 class Isic2018Config(tfds.core.BuilderConfig):
-    """short_side 0 keeps the original bytes; `released` pools and re-splits train+validation."""
+    """short_side 0 keeps the original bytes; `released` pools and re-splits train+validation,
+    with the released code's lists when `listed`, else holding out `holdout_per_class` by seed."""
 
     short_side: int = 256
     released: bool = False
     holdout_per_class: int = RELEASED_HOLDOUT
     seed: int = 0
+    listed: bool = False
 
 
-def _describe(short_side: int, released: bool, holdout: int, seed: int) -> str:
+def _describe(short_side: int, released: bool, holdout: int, seed: int, listed: bool) -> str:
     images = image_files.describe_storage(short_side)
-    if released:
+    if listed:
+        split = (
+            "the released code's lists: official train+validation pooled, 322 listed images "
+            "(46 per class) as validation, the other 9886 train; official test"
+        )
+    elif released:
         split = (
             f"official train+validation pooled, {holdout} per class held out as validation "
             f"(seed {seed}), the rest train; official test"
@@ -82,14 +98,17 @@ def _describe(short_side: int, released: bool, holdout: int, seed: int) -> str:
     return f"ISIC 2018 Task 3: {split}; images: {images}."
 
 
-def _make(name: str, short_side: int, released: bool, holdout: int, seed: int) -> Isic2018Config:
+def _make(
+    name: str, short_side: int, released: bool, holdout: int, seed: int, listed: bool = False
+) -> Isic2018Config:
     return Isic2018Config(
         name=name,
-        description=_describe(short_side, released, holdout, seed),
+        description=_describe(short_side, released, holdout, seed, listed),
         short_side=short_side,
         released=released,
         holdout_per_class=holdout,
         seed=seed,
+        listed=listed,
     )
 
 
@@ -104,10 +123,15 @@ class Isic2018(base.ArrayRecordBuilder):
     """ISIC 2018 Task 3 from a manual dir of the official downloads."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
+    VERSION = tfds.core.Version(".".join(map(str, LISTED_SPLIT_VERSION)))
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "1.1.0": "`released` configs use the released code's split lists.",
+    }
     BUILDER_CONFIGS = [
         _make("short256", 256, False, RELEASED_HOLDOUT, 0),
         _make("original", 0, False, RELEASED_HOLDOUT, 0),
-        _make("released", 256, True, RELEASED_HOLDOUT, 0),
+        _make("released", 256, True, RELEASED_HOLDOUT, 0, listed=True),
     ]
 
     @property
@@ -130,6 +154,7 @@ class Isic2018(base.ArrayRecordBuilder):
             "released": c.released,
             "holdout_per_class": c.holdout_per_class,
             "seed": c.seed,
+            "released_lists": c.listed,
         }
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -146,7 +171,9 @@ class Isic2018(base.ArrayRecordBuilder):
             problems += bad
         csv_layout.raise_unless_skipping(problems, self._skip_bad, manual_dir)
         report.skipped = list(problems)
-        if c.released:
+        if c.listed:
+            checked = listed_split(checked, read_released_lists(RELEASED_LISTS))
+        elif c.released:
             checked = released_split(checked, c.holdout_per_class, c.seed)
         else:
             for split, expected in OFFICIAL_COUNTS.items():
@@ -164,8 +191,10 @@ def isic2018_config(
     """Resolves a config name (plus optional released-split overrides) to a config.
 
     Grammar: `[released_](original|short<N>)[_holdout<H>][_seed<S>]`, or `released` alone
-    (= `released_short256`). Predefined names come back as strings (TFDS then uses its own
-    instance); anything else becomes a custom `Isic2018Config` whose name spells its values.
+    (= `released_short256`). A released name without hold-out or seed (in the name or as
+    arguments) uses the released code's lists; with them, a hold-out drawn by seed. Predefined
+    names come back as strings (TFDS then uses its own instance); anything else becomes a custom
+    `Isic2018Config` whose name spells its values.
     """
     match = _CONFIG_NAME.match(name)
     if match is None:
@@ -183,6 +212,9 @@ def isic2018_config(
     chosen_seed = int(match["seed"]) if match["seed"] else 0
     if not released and (holdout_per_class is not None or seed is not None):
         raise ValueError(f"{name!r}: holdout_per_class / seed only apply to released configs")
+    drawn = bool(match["holdout"] or match["seed"]) or (
+        holdout_per_class is not None or seed is not None
+    )
     if holdout_per_class is not None:
         holdout = holdout_per_class
     if seed is not None:
@@ -192,13 +224,20 @@ def isic2018_config(
     images = "original" if short_side == 0 else f"short{short_side}"
     if released:
         canonical = "released" if short_side == 256 else f"released_{images}"
-        if (holdout, chosen_seed) != (RELEASED_HOLDOUT, 0):
+        if drawn:
             canonical += f"_holdout{holdout}_seed{chosen_seed}"
     else:
         canonical = images
     if canonical in {c.name for c in Isic2018.BUILDER_CONFIGS}:
         return canonical
-    return _make(canonical, short_side, released, holdout, chosen_seed)
+    return _make(canonical, short_side, released, holdout, chosen_seed, released and not drawn)
+
+
+def required_version(name: str) -> tuple[int, int, int] | None:
+    """The oldest build version whose content config `name` still accepts (None: any)."""
+    config = isic2018_config(name)
+    listed = config == "released" if isinstance(config, str) else config.listed
+    return LISTED_SPLIT_VERSION if listed else None
 
 
 # ------------------------------------------------------------------------------------------
@@ -315,6 +354,48 @@ def plan_isic2018(
             kept.append(item)
         parts[split] = kept
     return parts, problems
+
+
+def read_released_lists(path: str | os.PathLike = RELEASED_LISTS) -> dict[str, tuple[str, str]]:
+    """image id -> (label name, `train` | `heldout`) from the released code's split lists."""
+    lists: dict[str, tuple[str, str]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["label"] not in ISIC_CLASSES or row["split"] not in ("train", "heldout"):
+                raise csv_layout.DataError(f"{path}: unexpected row {row}")
+            lists[row["image_id"]] = (row["label"], row["split"])
+    return lists
+
+
+def listed_split(
+    parts: dict[str, list[image_files.Item]], lists: dict[str, tuple[str, str]]
+) -> dict[str, list[image_files.Item]]:
+    """The released code's split from its lists: listed `train` rows train, `heldout` rows
+    become `validation`. Every listed image must be among the official train + validation
+    images found, with the listed label."""
+    pooled = {it.image_id: it for it in parts["train"] + parts.get("validation", [])}
+    missing = sorted(set(lists) - set(pooled))
+    if missing:
+        raise csv_layout.DataError(
+            f"{len(missing)} of the {len(lists)} images the released split lists are not among "
+            f"the official training and validation images found (first: {', '.join(missing[:5])}"
+            "); the released split needs both the Training and the Validation input and ground "
+            "truth"
+        )
+    wrong = [i for i, (label, _) in lists.items() if ISIC_CLASSES[pooled[i].label] != label]
+    if wrong:
+        raise csv_layout.DataError(
+            f"{len(wrong)} images carry another label than the released split lists "
+            f"(first: {wrong[0]}: ground truth {ISIC_CLASSES[pooled[wrong[0]].label]}, listed "
+            f"{lists[wrong[0]][0]})"
+        )
+    result = {
+        "train": [pooled[i] for i in sorted(lists) if lists[i][1] == "train"],
+        "validation": [pooled[i] for i in sorted(lists) if lists[i][1] == "heldout"],
+    }
+    if "test" in parts:
+        result["test"] = parts["test"]
+    return result
 
 
 def released_split(

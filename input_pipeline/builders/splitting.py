@@ -25,16 +25,18 @@ def grouped_split(
     Stratified by class: each group takes the most common label of its members (ties: lowest
     index); per class, the groups (sorted by name, then shuffled with `seed`) are dealt one by
     one to the split furthest below its share of that class's images. The first group of every
-    class goes to split 0, so split 0 (train) holds every class that has data. The result does
+    class goes to the first split with a share (train, unless its fraction is 0, as for a folder
+    kept whole for evaluation), so that split holds every class that has data. The result does
     not depend on the order of the inputs.
     """
     labels = np.asarray(labels, np.int64)
-    fractions = np.asarray(fractions, np.float64)
+    shares = np.asarray(fractions, np.float64)
     if len(labels) != len(groups):
         raise ValueError(f"{len(labels)} labels but {len(groups)} groups")
-    if fractions.ndim != 1 or len(fractions) == 0 or np.any(fractions < 0) or fractions[0] <= 0:
-        raise ValueError(f"split fractions must be >= 0 with the first > 0, got {fractions}")
-    fractions = fractions / fractions.sum()
+    if shares.ndim != 1 or len(shares) == 0 or np.any(shares < 0) or shares.sum() <= 0:
+        raise ValueError(f"split fractions must be >= 0 and not all 0, got {shares}")
+    shares = shares / shares.sum()
+    first = int(np.flatnonzero(shares > 0)[0])
     members: dict[str, list[int]] = collections.defaultdict(list)
     for i, g in enumerate(groups):
         members[g].append(i)
@@ -47,11 +49,11 @@ def grouped_split(
     for label in sorted(by_class):
         names = by_class[label]
         order = rng.permutation(len(names))
-        target = fractions * sum(len(members[g]) for g in names)
-        filled = np.zeros(len(fractions))
+        target = shares * sum(len(members[g]) for g in names)
+        filled = np.zeros(len(shares))
         for rank, j in enumerate(order):
             g = names[j]
-            split = 0 if rank == 0 else int(np.argmax(target - filled))
+            split = first if rank == 0 else int(np.argmax(target - filled))
             filled[split] += len(members[g])
             assignment[members[g]] = split
     return assignment

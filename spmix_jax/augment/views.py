@@ -70,14 +70,25 @@ class ViewSettings:
 
 
 def crop_params_from_uniforms(
-    uniforms: jax.Array, height: int, width: int, scale: Sequence[float], ratio: Sequence[float]
+    uniforms: jax.Array,
+    height: int,
+    width: int,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    box: jax.Array | None = None,
 ) -> jax.Array:
     """torchvision `RandomResizedCrop.get_params` with all attempts evaluated at once.
 
     `uniforms` (attempts, 4) in [0, 1) give each attempt's area fraction, log aspect ratio, top and
     left. The first attempt whose (rounded) box fits is taken, otherwise torchvision's centre-crop
     fallback. Returns int32 (top, left, crop_height, crop_width).
+
+    `box` (int32 top, left, height, width), when given, is the image's valid region inside a
+    padded frame: the crop is drawn from it as torchvision draws from the whole image (area
+    fraction of the region, never a padded pixel), and returned in frame coordinates.
     """
+    if box is not None:
+        return _crop_in_box(uniforms, box, scale, ratio)
     u = jnp.asarray(uniforms, jnp.float32)
     area = float(height * width)
     target = area * (scale[0] + u[:, 0] * (scale[1] - scale[0]))
@@ -99,6 +110,33 @@ def crop_params_from_uniforms(
     fallback = jnp.array([(height - fh) // 2, (width - fw) // 2, fh, fw], jnp.int32)
     chosen = jnp.stack([top[first], left[first], h[first], w[first]])
     return jnp.where(ok.any(), chosen, fallback)
+
+
+def _crop_in_box(
+    uniforms: jax.Array, box: jax.Array, scale: Sequence[float], ratio: Sequence[float]
+) -> jax.Array:
+    """`crop_params_from_uniforms` on a traced valid region `box` of the frame."""
+    u = jnp.asarray(uniforms, jnp.float32)
+    box = jnp.asarray(box, jnp.int32)
+    top0, left0, height, width = box[0], box[1], box[2], box[3]
+    hf, wf = height.astype(jnp.float32), width.astype(jnp.float32)
+    target = hf * wf * (scale[0] + u[:, 0] * (scale[1] - scale[0]))
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = jnp.exp(log_lo + u[:, 1] * (log_hi - log_lo))
+    w = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
+    h = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    top = jnp.minimum(jnp.floor(u[:, 2] * (height - h + 1)).astype(jnp.int32), height - h)
+    left = jnp.minimum(jnp.floor(u[:, 3] * (width - w + 1)).astype(jnp.int32), width - w)
+    first = jnp.argmax(ok)
+    in_ratio = wf / hf
+    lo, hi = min(ratio), max(ratio)
+    fw = jnp.where(in_ratio > hi, jnp.round(hf * hi).astype(jnp.int32), width)
+    fh = jnp.where(in_ratio < lo, jnp.round(wf / lo).astype(jnp.int32), height)
+    fallback = jnp.stack([(height - fh) // 2, (width - fw) // 2, fh, fw])
+    chosen = jnp.stack([top[first], left[first], h[first], w[first]])
+    crop = jnp.where(ok.any(), chosen, fallback)
+    return crop + jnp.stack([top0, left0, jnp.int32(0), jnp.int32(0)])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,11 +173,11 @@ _COMMON_U = _CROP_U + 7
 
 
 def _crop_flip_jitter(
-    u: jax.Array, height: int, width: int, s: ViewSettings
+    u: jax.Array, height: int, width: int, s: ViewSettings, box: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Crop box, flip, jitter factors (uniform in [max(0, 1 - s), 1 + s]) and a random order."""
     crop_u = u[:_CROP_U].reshape(CROP_ATTEMPTS, 4)
-    crop = crop_params_from_uniforms(crop_u, height, width, s.scale, s.ratio)
+    crop = crop_params_from_uniforms(crop_u, height, width, s.scale, s.ratio, box)
     lo = jnp.array([max(0.0, 1.0 - v) for v in s.jitter], jnp.float32)
     hi = jnp.array([1.0 + v for v in s.jitter], jnp.float32)
     factors = lo + u[_CROP_U + 1 : _CROP_U + 4] * (hi - lo)
@@ -148,11 +186,11 @@ def _crop_flip_jitter(
 
 
 def sample_query_params(
-    key: jax.Array, height: int, width: int, settings: ViewSettings
+    key: jax.Array, height: int, width: int, settings: ViewSettings, box: jax.Array | None = None
 ) -> QueryParams:
-    """Draws one image's query-view parameters."""
+    """Draws one image's query-view parameters (the crop inside `box`, if given)."""
     u = jax.random.uniform(key, (_COMMON_U + 4 * settings.ra_n,), jnp.float32)
-    crop, flip, factors, order = _crop_flip_jitter(u, height, width, settings)
+    crop, flip, factors, order = _crop_flip_jitter(u, height, width, settings, box)
     ra_u = u[_COMMON_U:].reshape(settings.ra_n, 4)
     return QueryParams(
         crop=crop,
@@ -163,10 +201,12 @@ def sample_query_params(
     )
 
 
-def sample_key_params(key: jax.Array, height: int, width: int, settings: ViewSettings) -> KeyParams:
-    """Draws one image's key-view parameters."""
+def sample_key_params(
+    key: jax.Array, height: int, width: int, settings: ViewSettings, box: jax.Array | None = None
+) -> KeyParams:
+    """Draws one image's key-view parameters (the crop inside `box`, if given)."""
     u = jax.random.uniform(key, (_COMMON_U + 3,), jnp.float32)
-    crop, flip, factors, order = _crop_flip_jitter(u, height, width, settings)
+    crop, flip, factors, order = _crop_flip_jitter(u, height, width, settings, box)
     lo, hi = settings.blur_sigma
     return KeyParams(
         crop=crop,
@@ -190,11 +230,17 @@ def _crop_flip_matrix(crop: jax.Array, flip: jax.Array, out_size: int) -> jax.Ar
     return base @ flip_m
 
 
-def query_view_from_params(image: jax.Array, params: QueryParams, out_size: int) -> jax.Array:
+def query_view_from_params(
+    image: jax.Array, params: QueryParams, out_size: int, with_geometry: bool = False
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """One image's query view in [0, 1]: one warp (crop, flip, RandAugment geometry), then colour.
 
     Fill enters at the RandAugment stage whose geometric op brings it in, so it skips the jitter
     and earlier colour ops, as in torchvision (see the package docstring).
+
+    With `with_geometry`, returns (view, geometry): `geometry` is the same warp with no colour
+    op at all (the fill in its own colour), what static saliency reads so that its map follows
+    the view's geometry and never its colour (docs/method.md section 4).
     """
     geometry.check_image(image)
     ra = params.randaugment
@@ -211,14 +257,22 @@ def query_view_from_params(image: jax.Array, params: QueryParams, out_size: int)
     base = _crop_flip_matrix(params.crop, params.flip, out_size)
     img, outside = geometry.resample_chain(image, base, stages, out_size)
     outside = outside & geometric[:, None, None]
+    fill = jnp.asarray(randaugment.RANDAUGMENT_FILL, jnp.float32) / 255.0
+    # Every geometric stage fills with the same colour, so without colour ops a pixel is fill
+    # wherever any stage brings fill in.
+    warp_only = jnp.clip(jnp.where(outside.any(axis=0)[..., None], fill, img), 0.0, 1.0)
+
+    def result(view: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
+        view = jnp.clip(view, 0.0, 1.0)
+        return (view, warp_only) if with_geometry else view
+
     # The crop canvas torchvision's colour ops see until the first geometric op: global statistics
     # (contrast's mean, equalize's histogram) are taken from it while it is still current.
     canvas = geometry.warp_affine(image, base, out_size)
     img = colour.color_jitter(img, params.jitter, params.jitter_order, reference=canvas)
     canvas = colour.color_jitter(canvas, params.jitter, params.jitter_order)
     if not n:
-        return jnp.clip(img, 0.0, 1.0)
-    fill = jnp.asarray(randaugment.RANDAUGMENT_FILL, jnp.float32) / 255.0
+        return result(img)
     # later_fill[k]: pixels that a geometric op after stage k fills.
     from_k = jnp.cumsum(outside[::-1].astype(jnp.int32), axis=0)[::-1] > 0
     later_fill = jnp.concatenate([from_k[1:], jnp.zeros_like(from_k[:1])])
@@ -238,20 +292,29 @@ def query_view_from_params(image: jax.Array, params: QueryParams, out_size: int)
     # A scan compiles the stage once, whatever n is.
     xs = (ra.op, ra.level, ra.apply, geometric, outside, later_fill)
     (img, _, _), _ = jax.lax.scan(stage, (img, canvas, jnp.bool_(False)), xs)
-    return jnp.clip(img, 0.0, 1.0)
+    return result(img)
 
 
 def key_view_from_params(
-    image: jax.Array, params: KeyParams, out_size: int, blur_radius: int
-) -> jax.Array:
-    """One image's key view in [0, 1]: crop + flip warp, jitter, grayscale, blur."""
+    image: jax.Array,
+    params: KeyParams,
+    out_size: int,
+    blur_radius: int,
+    with_geometry: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """One image's key view in [0, 1]: crop + flip warp, jitter, grayscale, blur.
+
+    With `with_geometry`, returns (view, geometry), `geometry` being the crop + flip warp before
+    any colour op (see `query_view_from_params`).
+    """
     geometry.check_image(image)
     base = _crop_flip_matrix(params.crop, params.flip, out_size)
-    img = geometry.warp_affine(image, base, out_size)
-    img = colour.color_jitter(img, params.jitter, params.jitter_order)
+    warped = geometry.warp_affine(image, base, out_size)
+    img = colour.color_jitter(warped, params.jitter, params.jitter_order)
     img = jnp.where(params.gray, colour.grayscale(img), img)
     img = jnp.where(params.blur, colour.gaussian_blur(img, params.sigma, blur_radius), img)
-    return jnp.clip(img, 0.0, 1.0)
+    img = jnp.clip(img, 0.0, 1.0)
+    return (img, jnp.clip(warped, 0.0, 1.0)) if with_geometry else img
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,38 +357,82 @@ def _random_views(
     images_uint8: jax.Array,
     out_size: int,
     settings: ViewSettings,
-    sample: Callable[[jax.Array, int, int, ViewSettings], Any],
-    render: Callable[[jax.Array, Any, int], jax.Array],
-) -> tuple[jax.Array, jax.Array]:
-    """Checks the batch, draws per-example parameters, renders them and normalises."""
+    sample: Callable[..., Any],
+    render: Callable[..., Any],
+    with_geometry: bool,
+    boxes: jax.Array | None = None,
+) -> tuple[jax.Array, ...]:
+    """Checks the batch, draws per-example parameters, renders them and normalises.
+
+    Returns (view01, normed), plus the geometry-only warp when `with_geometry`. `boxes` (B, 4)
+    are the valid regions of padded frames (crops stay inside them); None: the whole image.
+    """
     x = _check_images(images_uint8)
     out_size = _check_out_size(out_size)
     b, h, w, _ = x.shape
     keys = _example_keys(rng, b)
-    params = jax.vmap(lambda k: sample(k, h, w, settings))(keys)
-    view01 = jax.vmap(lambda im, p: render(im, p, out_size))(x, params)
-    return view01, normalize(view01, settings)
+    if boxes is None:
+        params = jax.vmap(lambda k: sample(k, h, w, settings))(keys)
+    else:
+        boxes = jnp.asarray(boxes, jnp.int32)
+        if boxes.shape != (b, 4):
+            raise ValueError(f"boxes must have shape ({b}, 4), got {boxes.shape}")
+        params = jax.vmap(lambda k, box: sample(k, h, w, settings, box))(keys, boxes)
+    rendered = jax.vmap(lambda im, p: render(im, p, out_size, with_geometry=with_geometry))(
+        x, params
+    )
+    if with_geometry:
+        view01, warp_only = rendered
+        return view01, normalize(view01, settings), warp_only
+    return rendered, normalize(rendered, settings)
 
 
 def query_view(
-    rng: jax.Array, images_uint8: jax.Array, *, out_size: int, settings: ViewSettings
-) -> tuple[jax.Array, jax.Array]:
-    """Query views of a uint8 (B, S, S, 3) batch: (view01, normed), float32 (B, M, M, 3)."""
+    rng: jax.Array,
+    images_uint8: jax.Array,
+    *,
+    out_size: int,
+    settings: ViewSettings,
+    with_geometry: bool = False,
+    boxes: jax.Array | None = None,
+) -> tuple[jax.Array, ...]:
+    """Query views of a uint8 (B, H, W, 3) batch: (view01, normed), float32 (B, M, M, 3).
+
+    With `with_geometry` a third array follows: the same warps without colour ops, for static
+    saliency; the views themselves (and the keys they use) do not change. `boxes` (B, 4): each
+    frame's valid region, from which the crop is drawn (None: the whole frame).
+    """
     return _random_views(
-        rng, images_uint8, out_size, settings, sample_query_params, query_view_from_params
+        rng,
+        images_uint8,
+        out_size,
+        settings,
+        sample_query_params,
+        query_view_from_params,
+        with_geometry,
+        boxes,
     )
 
 
 def key_view(
-    rng: jax.Array, images_uint8: jax.Array, *, out_size: int, settings: ViewSettings
-) -> tuple[jax.Array, jax.Array]:
-    """Key views of a uint8 (B, S, S, 3) batch: (view01, normed), float32 (B, M, M, 3).
+    rng: jax.Array,
+    images_uint8: jax.Array,
+    *,
+    out_size: int,
+    settings: ViewSettings,
+    with_geometry: bool = False,
+    boxes: jax.Array | None = None,
+) -> tuple[jax.Array, ...]:
+    """Key views of a uint8 (B, H, W, 3) batch: (view01, normed), float32 (B, M, M, 3).
 
     The blur radius is static, ceil(3 * sigma_max), so every example shares one kernel size.
+    `with_geometry` and `boxes` as in `query_view`.
     """
     radius = colour.blur_radius(settings.blur_sigma[1])
     render = functools.partial(key_view_from_params, blur_radius=radius)
-    return _random_views(rng, images_uint8, out_size, settings, sample_key_params, render)
+    return _random_views(
+        rng, images_uint8, out_size, settings, sample_key_params, render, with_geometry, boxes
+    )
 
 
 def eval_view(images_uint8: jax.Array, *, out_size: int, settings: ViewSettings) -> jax.Array:

@@ -139,7 +139,7 @@ class SPMixNet(nn.Module):
     ) -> jax.Array:
         """Tokens of `images`, mixed per patch with those of `partner` when one is given."""
         tokens = self.embed(images, train)
-        if partner is None:
+        if partner is None or ratios is None:
             return tokens
         return mix_tokens(tokens, self.embed(partner, train), ratios)
 

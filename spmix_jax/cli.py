@@ -1,0 +1,73 @@
+"""What the two commands (`spmix-train`, `spmix-build-data`) share around absl's `app.run`.
+
+- `--help` lists the program's flags also when it runs as an installed console script: absl
+  shows the flags of the module named by `sys.argv[0]`, which for a console script is the
+  wrapper file, not the module that defined the flags.
+- A `UserError` prints as one message (with its fix) and exits with status 1; `--verbosity=1`
+  (or higher) keeps the traceback for debugging. Any other exception is a bug and keeps its
+  traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import app, flags
+
+from spmix_jax.errors import UserError
+
+USER_ERROR_EXIT_CODE = 1
+
+
+def show_flags_in_help(module_name: str) -> None:
+    """Makes the flags defined in `module_name` the key flags of the running program."""
+    values = flags.FLAGS
+    for flag in values.get_flags_for_module(module_name):
+        values.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def verbose() -> bool:
+    """True when the user asked for logs (`--verbosity=1` or more): then tracebacks are shown."""
+    flag = flags.FLAGS["verbosity"]
+    return bool(flag.present and flag.value is not None and flag.value >= 1)
+
+
+def report_user_error(error: UserError) -> None:
+    """Prints `error` the way the commands do (one `error: ...` message on stderr)."""
+    print(f"error: {error}", file=sys.stderr, flush=True)
+
+
+def exit_on_user_error(main: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], Any]:
+    """`main` with user errors turned into a message and exit status 1 (unless verbose)."""
+
+    @functools.wraps(main)
+    def wrapped(argv: Sequence[str]) -> Any:
+        try:
+            return main(argv)
+        except UserError as error:
+            if verbose():
+                raise
+            report_user_error(error)
+            sys.exit(USER_ERROR_EXIT_CODE)
+
+    return wrapped
+
+
+def run(main: Callable[..., Any], module_name: str) -> None:
+    """`app.run(main)` with the program's flags in `--help` and user errors as messages."""
+    show_flags_in_help(module_name)
+    app.run(exit_on_user_error(main), flags_parser=parse_flags)
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing, with an unknown `--config.x.y` override as one message."""
+    try:
+        return app.parse_flags_with_usage(list(argv))
+    except (AttributeError, KeyError) as error:  # raised by ml_collections for unknown fields
+        from spmix_jax.config_checks import unknown_override
+
+        print(f"error: {unknown_override(argv) or error}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT_CODE)

@@ -1,0 +1,117 @@
+"""The benchmark scripts run and print valid JSON (tiny sizes on the CPU; no timing checks)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+
+
+def _env() -> dict[str, str]:
+    """The environment without the tests' 8 simulated devices (the benchmarks use one)."""
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    env["PYTHON"] = sys.executable
+    return env
+
+
+def _run(args: list[str], timeout: int = 900, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout, **kw
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.parametrize("smoke", ["0", "1"])
+def test_accelerator_check_dry_run_prints_a_json_plan(tmp_path, smoke):
+    env = {"DRY_RUN": "1", "SMOKE": smoke}
+    proc = subprocess.run(
+        ["bash", str(BENCH / "accelerator_check.sh"), str(tmp_path / "out")],
+        cwd=REPO,
+        env={**_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["smoke"] is (smoke == "1")
+    names = [s["name"] for s in plan["steps"]]
+    assert names == ["input_pipeline", "compare_step", "step_breakdown", "demo"]
+    if smoke == "0":  # the accelerator run fits in 8 minutes
+        assert sum(s["timeout_s"] for s in plan["steps"]) <= 8 * 60
+    commands = " ".join(s["command"] for s in plan["steps"])
+    assert "spmix_jax.main --config=configs/demo.py" in commands
+    if smoke == "1":
+        assert "--dry_run" in commands
+    else:
+        assert "--variant B/16" in commands and "--dtype bfloat16" in commands
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_peak_table_matches_device_kinds():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_common
+    finally:
+        sys.path.remove(str(BENCH))
+    assert bench_common.peak_bf16_tflops("NVIDIA H200") == 989.0
+    assert bench_common.peak_bf16_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert bench_common.peak_bf16_tflops("TPU v5 lite") == 197.0
+    assert bench_common.peak_bf16_tflops("TPU v5p") == 459.0
+    assert bench_common.peak_bf16_tflops("TPU v6 lite") == 918.0
+    assert bench_common.peak_bf16_tflops("cpu") is None
+
+
+@pytest.mark.slow
+def test_compare_step_dry_run_prints_valid_json(tmp_path):
+    out = tmp_path / "compare.json"
+    proc = _run([sys.executable, str(BENCH / "compare_step.py"), "--dry_run", "--out", str(out)])
+    report = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == report
+    results = report["results"]
+    assert {"spmix:fine_grained:ema", "plain_jax"} <= set(results)
+    assert "plain_torch" in results or "plain_torch" in report["notes"]
+    for r in results.values():
+        assert r["ms_per_example"] > 0 and r["last_loss"] is not None
+        assert math.isfinite(r["last_loss"])
+    assert results["spmix:fine_grained:ema"]["flops_per_step"] > 0
+    assert "spmix:fine_grained:ema / plain_jax" in report["ratios"]
+    for key in ("date_utc", "jax", "device_kind", "settings"):
+        assert key in report
+
+
+@pytest.mark.slow
+def test_step_breakdown_dry_run_prints_valid_json_without_recompiles(tmp_path):
+    proc = _run([sys.executable, str(BENCH / "step_breakdown.py"), "--dry_run"])
+    report = json.loads(proc.stdout)
+    assert list(report["phases"])[1] == "saliency[fine_grained]"
+    assert len(report["phases"]) == 8
+    assert set(report["other_saliency_methods"]) == {
+        "saliency[spectral_residual]",
+        "saliency[gradient]",
+    }
+    assert report["compiles_during_timed_steps"] == 0
+    assert report["whole_step_ms"] > 0
+
+
+@pytest.mark.slow
+def test_input_pipeline_on_synthetic_jpegs_reports_host_against_step(tmp_path):
+    out = tmp_path / "pipe.json"
+    args = [sys.executable, str(BENCH / "input_pipeline.py"), "--make_jpegs", "32"]
+    args += ["--data_dir", str(tmp_path / "jpegs"), "--image_size", "32", "--batch", "4"]
+    args += ["--batches", "2", "--workers", "0", "--parts_pairs", "8"]
+    args += ["--step_pairs_per_s", "50", "--out", str(out)]
+    report = json.loads(_run(args).stdout)
+    assert json.loads(out.read_text()) == report
+    assert report["examples"] == 32 and report["source_image_hw"] == [450, 600]
+    assert report["host_vs_step"]["host_cores_needed"] > 0
