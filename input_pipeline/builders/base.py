@@ -66,7 +66,7 @@ def features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
     )
 
 
-class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # type: ignore[call-arg]
     """A GeneratorBasedBuilder that writes ArrayRecord in a fixed order with per-split labels.
 
     Build-time switches that do not change what a valid dataset contains (`skip_bad`, the thread

@@ -158,7 +158,7 @@ class FolderCsv(base.ArrayRecordBuilder):
 
     @property
     def _config(self) -> FolderCsvConfig:
-        return self.builder_config  # type: ignore[return-value]
+        return self.builder_config
 
     def _class_names(self) -> tuple[str, ...]:
         return tuple(self._config.class_names)

@@ -136,7 +136,7 @@ class Isic2018(base.ArrayRecordBuilder):
 
     @property
     def _config(self) -> Isic2018Config:
-        return self.builder_config  # type: ignore[return-value]
+        return self.builder_config
 
     def _class_names(self) -> tuple[str, ...]:
         return ISIC_CLASSES

@@ -72,12 +72,12 @@ def holdout_per_class(
     not depend on the input order. At least one example per class must stay in training.
     """
     labels = np.asarray(labels, np.int64)
-    ids = np.asarray(ids, dtype=object)
+    id_array = np.asarray(ids, dtype=object)
     rng = np.random.default_rng(seed)
     mask = np.zeros(len(labels), bool)
     for k, name in enumerate(class_names):
         candidates = np.flatnonzero(labels == k)
-        candidates = candidates[np.argsort(ids[candidates], kind="stable")]
+        candidates = candidates[np.argsort(id_array[candidates], kind="stable")]
         if len(candidates) <= per_class:
             raise DataError(
                 f"class {name} has {len(candidates)} pooled images; holding out {per_class} "

@@ -171,9 +171,14 @@ def gaussian_blur(img: jax.Array, sigma, radius: int | None = None) -> jax.Array
     kernel = kernel / kernel.sum()
     h, w = img.shape[:2]
     padded = jnp.pad(img, ((radius, radius), (0, 0), (0, 0)), mode="edge")
-    img = sum(kernel[k] * padded[k : k + h] for k in range(2 * radius + 1))
-    padded = jnp.pad(img, ((0, 0), (radius, radius), (0, 0)), mode="edge")
-    return sum(kernel[k] * padded[:, k : k + w] for k in range(2 * radius + 1))
+    rows = kernel[0] * padded[0:h]
+    for k in range(1, 2 * radius + 1):
+        rows = rows + kernel[k] * padded[k : k + h]
+    padded = jnp.pad(rows, ((0, 0), (radius, radius), (0, 0)), mode="edge")
+    out = kernel[0] * padded[:, 0:w]
+    for k in range(1, 2 * radius + 1):
+        out = out + kernel[k] * padded[:, k : k + w]
+    return out
 
 
 def color_jitter(

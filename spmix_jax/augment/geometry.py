@@ -78,13 +78,14 @@ def translate_y_matrix(pixels) -> jax.Array:
 
 
 def _size2(out_size: int | Sequence[int]) -> tuple[int, int]:
+    size: tuple[int, ...]
     if isinstance(out_size, int | np.integer):
         size = (int(out_size), int(out_size))
     else:
         size = tuple(int(s) for s in out_size)
     if len(size) != 2 or min(size) <= 0:
         raise ValueError(f"out_size must be a positive int or (height, width), got {out_size!r}")
-    return size
+    return size[0], size[1]
 
 
 def check_image(image: jax.Array) -> None:

@@ -46,21 +46,26 @@ class ViewSettings:
     def from_config(cls, cfg: ml_collections.ConfigDict) -> ViewSettings:
         """Converts `config.augment` (validated by `check_augment`); hue jitter is dropped."""
 
-        def floats(name: str) -> tuple[float, ...]:
-            return tuple(float(v) for v in cfg[name])
+        def pair(name: str) -> tuple[float, float]:
+            a, b = (float(v) for v in cfg[name])
+            return a, b
+
+        def triple(name: str) -> tuple[float, float, float]:
+            a, b, c = (float(v) for v in list(cfg[name])[:3])
+            return a, b, c
 
         return cls(
-            scale=floats("scale"),
-            ratio=floats("ratio"),
-            jitter=floats("color_jitter")[:3],
+            scale=pair("scale"),
+            ratio=pair("ratio"),
+            jitter=triple("color_jitter"),
             ra_n=int(cfg.randaugment_n),
             ra_m=float(cfg.randaugment_m),
             ra_mstd=float(cfg.randaugment_mstd),
             gray_p=float(cfg.grayscale_p),
             blur_p=float(cfg.blur_p),
-            blur_sigma=floats("blur_sigma"),
-            mean=floats("mean"),
-            std=floats("std"),
+            blur_sigma=pair("blur_sigma"),
+            mean=triple("mean"),
+            std=triple("std"),
             eval_resize_ratio=float(cfg.eval_resize_ratio),
         )
 
