@@ -80,7 +80,7 @@ class CompileCounter:
         self.phase = ""
         jax.monitoring.register_event_duration_secs_listener(self._listen)
 
-    def _listen(self, event: str, duration: float, **kwargs: Any) -> None:
+    def _listen(self, event: str, duration_secs: float, **kwargs: str | int) -> None:
         if self.enabled and event.endswith("backend_compile_duration"):
             self.count += 1
             self.where.append(self.phase)
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     recompiles = counter.count
     med = {name: statistics.median(t) for name, t in times.items()}
     step_ms = 1e3 * med["whole_step"]
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for name, t in med.items():
         rows[name] = {
             "ms": round(1e3 * t, 3),

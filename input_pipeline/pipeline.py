@@ -59,7 +59,7 @@ def _process_index_and_count(
 ) -> tuple[int, int]:
     if (process_index is None) != (process_count is None):
         raise ValueError("give both process_index and process_count, or neither")
-    if process_index is None:
+    if process_index is None or process_count is None:
         import jax  # only when the caller leaves the host layout to the runtime
 
         process_index, process_count = jax.process_index(), jax.process_count()
@@ -209,7 +209,7 @@ class _TrainPair:
         self.process_index, self.primary, self.image_size = process_index, primary, image_size
         self.frame = frame_shape(image_size, image_aspect)
 
-    def __call__(self, k: int) -> dict[str, np.ndarray]:
+    def __call__(self, k: int) -> dict[str, Any]:
         position = _global_position(k, self.global_batch, self.host_batch, self.process_index)
         p, s = sampling.primary_secondary(*self.sampler.pair(position), self.primary)
         primary_image, primary_box = _read_framed(self.source, self.labels, p, self.frame)
@@ -242,7 +242,7 @@ class _EvalExample:
         self.global_batch, self.host_batch = global_batch, host_batch
         self.process_index, self.image_size = process_index, image_size
 
-    def __call__(self, k: int) -> dict[str, np.ndarray]:
+    def __call__(self, k: int) -> dict[str, Any]:
         position = _global_position(k, self.global_batch, self.host_batch, self.process_index)
         if position >= len(self.labels):
             size = self.image_size
