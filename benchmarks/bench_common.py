@@ -8,6 +8,7 @@ view, one forward and backward, cross-entropy and AdamW, jitted with the state d
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import pathlib
 import platform
@@ -259,3 +260,13 @@ def _jaxlib_version() -> str | None:
 def sig(value: float | None, digits: int = 4) -> float | None:
     """value to `digits` significant digits (None stays None)."""
     return None if value is None else float(f"{value:.{digits}g}")
+
+
+def emit(report: dict[str, Any], out: str = "") -> None:
+    """Prints the JSON report and, when `out` is given, writes it there too."""
+    text = json.dumps(report, indent=2)
+    print(text, flush=True)
+    if out:
+        path = pathlib.Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")

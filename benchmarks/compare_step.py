@@ -369,12 +369,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.input_pipeline_json:
         report["host_vs_step"] = host_comparison(args.input_pipeline_json, results)
     report["load_average_1min_end"] = round(os.getloadavg()[0], 2)
-    text = json.dumps(report, indent=2)
-    print(text, flush=True)
-    if args.out:
-        path = pathlib.Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
+    bc.emit(report, args.out)
     return report
 
 

@@ -25,7 +25,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import pathlib  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -326,12 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "step and of every piece (0: no recompiles)."
     )
     report["load_average_1min_end"] = round(os.getloadavg()[0], 2)
-    text = json.dumps(report, indent=2)
-    print(text, flush=True)
-    if args.out:
-        path = pathlib.Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
+    bc.emit(report, args.out)
     return report
 
 

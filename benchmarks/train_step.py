@@ -28,6 +28,7 @@ import platform  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
+import bench_common  # noqa: E402
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
@@ -87,19 +88,6 @@ def synthetic_pair_batch(
         batch[f"{who}_label"] = rng.integers(0, num_classes, rows).astype(np.int32)
         batch[f"{who}_index"] = rng.integers(0, 1 << 20, rows).astype(np.int32)
     return batch
-
-
-def _flops(compiled: Any) -> float | None:
-    """XLA's flop estimate for one call of the compiled (per-device, partitioned) program."""
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # not every backend implements it
-        return None
-    if isinstance(cost, list | tuple):
-        cost = cost[0] if cost else None
-    if not cost or "flops" not in cost:
-        return None
-    return float(cost["flops"])
 
 
 def _sig(value: float | None, unit: float) -> float | None:
@@ -189,7 +177,7 @@ def benchmark_step(
     loss = step_lib.metrics_to_host(metrics)["loss"]
     steps_per_s = steps / elapsed
     pairs_per_s = steps_per_s * config.input.batch_size
-    flops = _flops(compiled)
+    flops = bench_common.flops(compiled)
     return {
         "config": config_summary(config),
         "lower_s": round(t1 - t0, 3),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -59,11 +60,13 @@ def test_accelerator_check_dry_run_prints_a_json_plan(tmp_path, smoke):
 
 
 def test_peak_table_matches_device_kinds():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_common
-    finally:
-        sys.path.remove(str(BENCH))
+    # Loaded from its file: with benchmarks/ on sys.path, `input_pipeline` would name the
+    # benchmark script instead of the package.
+    spec = importlib.util.spec_from_file_location("bench_common", BENCH / "bench_common.py")
+    assert spec is not None and spec.loader is not None
+    bench_common = importlib.util.module_from_spec(spec)
+    sys.modules["bench_common"] = bench_common  # dataclasses look their module up there
+    spec.loader.exec_module(bench_common)
     assert bench_common.peak_bf16_tflops("NVIDIA H200") == 989.0
     assert bench_common.peak_bf16_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert bench_common.peak_bf16_tflops("TPU v5 lite") == 197.0

@@ -92,29 +92,9 @@ def crop_params_from_uniforms(
     padded frame: the crop is drawn from it as torchvision draws from the whole image (area
     fraction of the region, never a padded pixel), and returned in frame coordinates.
     """
-    if box is not None:
-        return _crop_in_box(uniforms, box, scale, ratio)
-    u = jnp.asarray(uniforms, jnp.float32)
-    area = float(height * width)
-    target = area * (scale[0] + u[:, 0] * (scale[1] - scale[0]))
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = jnp.exp(log_lo + u[:, 1] * (log_hi - log_lo))
-    w = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
-    h = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    top = jnp.minimum(jnp.floor(u[:, 2] * (height - h + 1)).astype(jnp.int32), height - h)
-    left = jnp.minimum(jnp.floor(u[:, 3] * (width - w + 1)).astype(jnp.int32), width - w)
-    first = jnp.argmax(ok)
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fw, fh = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fh, fw = height, int(round(height * max(ratio)))
-    else:
-        fw, fh = width, height
-    fallback = jnp.array([(height - fh) // 2, (width - fw) // 2, fh, fw], jnp.int32)
-    chosen = jnp.stack([top[first], left[first], h[first], w[first]])
-    return jnp.where(ok.any(), chosen, fallback)
+    if box is None:
+        box = jnp.array([0, 0, height, width], jnp.int32)
+    return _crop_in_box(uniforms, box, scale, ratio)
 
 
 def _crop_in_box(
