@@ -27,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from input_pipeline import pipeline  # noqa: E402
+from input_pipeline import host_images, pipeline  # noqa: E402
 from input_pipeline.data_split import DataSplit  # noqa: E402
 
 CLASS_NAMES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
@@ -192,9 +192,9 @@ def _time_parts(split: DataSplit, image_size: int, pairs: int) -> dict[str, Any]
                 t0 = time.perf_counter()
                 record = split.source[int(i)]
                 t1 = time.perf_counter()
-                pixels = pipeline.decode_image(record["image"], image_size, record["image_id"])
+                pixels = host_images.decode_image(record["image"], image_size, record["image_id"])
                 t2 = time.perf_counter()
-                pipeline.resize_centre_square(pixels, image_size)  # includes the array copy
+                host_images.resize_centre_square(pixels, image_size)  # includes the array copy
                 t3 = time.perf_counter()
                 read, decode, resize = read + t1 - t0, decode + t2 - t1, resize + t3 - t2
     finally:

@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from input_pipeline import pipeline
+from input_pipeline import iterator_state
 from spmix_jax.errors import NotFoundError, UserError
 
 BEST_METRIC = "balanced_accuracy"
@@ -83,7 +83,7 @@ def save(
     """
     items = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
-        items["data"] = pipeline.checkpoint_save_args(data_iter)
+        items["data"] = iterator_state.checkpoint_save_args(data_iter)
     if run is not None:
         items[RUN_ITEM] = ocp.args.JsonSave(run)
     with _disk_full_is_a_user_error(manager):
@@ -150,12 +150,14 @@ def restore(
     """Restores into `abstract_state` (ShapeDtypeStructs with shardings) and the iterator.
 
     The iterator state is read from the step's `data` folder directly, so a checkpoint written
-    by N processes resumes on M (`pipeline.restore_saved_state`).
+    by N processes resumes on M (`iterator_state.restore_saved_state`).
     """
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     if data_iter is not None:
-        pipeline.restore_saved_state(data_iter, epath.Path(manager.directory) / str(step) / "data")
+        iterator_state.restore_saved_state(
+            data_iter, epath.Path(manager.directory) / str(step) / "data"
+        )
     return restored["state"]
 
 

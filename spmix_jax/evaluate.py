@@ -23,6 +23,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from input_pipeline import pipeline, sources
+from input_pipeline.builders import DEFAULT_CONFIGS
 from input_pipeline.data_split import DataSplit
 from spmix_jax import checkpointing, figures, metrics, optimizer, run_config, sharding
 from spmix_jax import state as state_lib
@@ -206,7 +207,7 @@ def dataset_label(data_cfg: Any) -> str:
     elif data_cfg.name == "tfds":
         label = "tfds-" + "-".join(str(data_cfg.data_dir).rstrip("/").split("/")[-2:])
     else:
-        config_name = data_cfg.builder_config or sources.DEFAULT_CONFIGS.get(data_cfg.name, "")
+        config_name = data_cfg.builder_config or DEFAULT_CONFIGS.get(data_cfg.name, "")
         label = f"{data_cfg.name}-{config_name}"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "dataset"
 

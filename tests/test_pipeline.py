@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from input_pipeline import pipeline, sampling, synthetic
+from input_pipeline import host_images, iterator_state, pipeline, sampling, synthetic
 from input_pipeline.data_split import DataSplit
 
 SIZE = 16
@@ -79,22 +79,22 @@ def _centre_square_reference(img: np.ndarray, size: int) -> np.ndarray:
 
 def test_prepare_image_resizes_short_side_and_crops_centre():
     img = _smooth_image(150, 200)
-    out = pipeline.prepare_image(img, 64, "a")
+    out = host_images.prepare_image(img, 64, "a")
     assert out.dtype == np.uint8 and out.shape == (64, 64, 3)
     diff = np.abs(out.astype(np.float32) - _centre_square_reference(img, 64))
     assert diff.mean() < 0.75 and diff.max() < 6
-    up = pipeline.prepare_image(img, 224, "a")
+    up = host_images.prepare_image(img, 224, "a")
     diff = np.abs(up.astype(np.float32) - _centre_square_reference(img, 224))
     assert diff.mean() < 0.75
     # Same size: returned untouched; grayscale and RGBA become RGB.
     square = _smooth_image(32, 32)
-    np.testing.assert_array_equal(pipeline.prepare_image(square, 32), square)
+    np.testing.assert_array_equal(host_images.prepare_image(square, 32), square)
     gray = square[..., 0]
     np.testing.assert_array_equal(
-        pipeline.prepare_image(gray, 32), np.repeat(gray[..., None], 3, -1)
+        host_images.prepare_image(gray, 32), np.repeat(gray[..., None], 3, -1)
     )
     rgba = np.concatenate([square, np.full((32, 32, 1), 7, np.uint8)], -1)
-    np.testing.assert_array_equal(pipeline.prepare_image(rgba, 32), square)
+    np.testing.assert_array_equal(host_images.prepare_image(rgba, 32), square)
 
 
 def test_prepare_image_decodes_png_and_jpeg_bytes():
@@ -103,31 +103,31 @@ def test_prepare_image_decodes_png_and_jpeg_bytes():
     Image.fromarray(img).save(png, format="PNG")
     # PNG is lossless: decoding the bytes gives exactly what the array gives.
     np.testing.assert_array_equal(
-        pipeline.prepare_image(png.getvalue(), 40, "p"), pipeline.prepare_image(img, 40, "p")
+        host_images.prepare_image(png.getvalue(), 40, "p"), host_images.prepare_image(img, 40, "p")
     )
     jpg = io.BytesIO()
     Image.fromarray(img).save(jpg, format="JPEG", quality=95)
     decoded = cv2.cvtColor(
         cv2.imdecode(np.frombuffer(jpg.getvalue(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
     )
-    out = pipeline.prepare_image(np.bytes_(jpg.getvalue()), 40, "j")
+    out = host_images.prepare_image(np.bytes_(jpg.getvalue()), 40, "j")
     assert np.abs(out.astype(np.float32) - _centre_square_reference(decoded, 40)).mean() < 2.0
 
 
 def test_prepare_image_errors_name_the_image():
     with pytest.raises(ValueError, match="ISIC_bad"):
-        pipeline.prepare_image(b"\xff\xd8 not really a jpeg", 32, "ISIC_bad")
+        host_images.prepare_image(b"\xff\xd8 not really a jpeg", 32, "ISIC_bad")
     with pytest.raises(ValueError, match="ISIC_f"):
-        pipeline.prepare_image(np.zeros((8, 8, 3), np.float32), 32, "ISIC_f")
+        host_images.prepare_image(np.zeros((8, 8, 3), np.float32), 32, "ISIC_f")
     with pytest.raises(ValueError, match="ISIC_s"):
-        pipeline.prepare_image(np.zeros((8, 8, 2), np.uint8), 32, "ISIC_s")
+        host_images.prepare_image(np.zeros((8, 8, 2), np.uint8), 32, "ISIC_s")
 
 
 def test_prepare_image_on_real_ham10000_jpeg(ham10000_dir):
     path = sorted((ham10000_dir / "images").glob("*.jpg"))[0]
     ref = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
     for size in (64, 224):
-        out = pipeline.prepare_image(path.read_bytes(), size, path.stem)
+        out = host_images.prepare_image(path.read_bytes(), size, path.stem)
         diff = np.abs(out.astype(np.float32) - _centre_square_reference(ref, size))
         assert out.shape == (size, size, 3) and diff.mean() < 3.0, (size, diff.mean())
 
@@ -138,8 +138,8 @@ def test_prepare_image_on_real_ham10000_jpeg(ham10000_dir):
 def test_frame_keeps_a_landscape_image_whole():
     """600x450 (W x H) into a 256 x 341 frame: the whole image, resized once, no padding."""
     img = _smooth_image(450, 600)
-    assert pipeline.frame_shape(256, 4.0 / 3.0) == (256, 341)
-    frame, box = pipeline.resize_to_frame(img, 256, 341)
+    assert host_images.frame_shape(256, 4.0 / 3.0) == (256, 341)
+    frame, box = host_images.resize_to_frame(img, 256, 341)
     assert frame.shape == (256, 341, 3) and frame.dtype == np.uint8
     np.testing.assert_array_equal(box, [0, 0, 256, 341])
     # Scale 256 / 450 keeps the aspect exactly: 341 columns cover 599.4 of the 600 (0.3 each side).
@@ -153,26 +153,26 @@ def test_frame_keeps_a_landscape_image_whole():
 
 def test_frame_pads_or_crops_to_one_shape_and_records_the_valid_box():
     # Wider than 4:3: short side to 256, the long side centre-cropped to 341, box = frame.
-    wide, box = pipeline.resize_to_frame(_smooth_image(300, 900), 256, 341)
+    wide, box = host_images.resize_to_frame(_smooth_image(300, 900), 256, 341)
     assert wide.shape == (256, 341, 3)
     np.testing.assert_array_equal(box, [0, 0, 256, 341])
     # Square: short side 256, width padded on both sides by repeating the edge columns.
-    square, box = pipeline.resize_to_frame(_smooth_image(300, 300), 256, 341)
+    square, box = host_images.resize_to_frame(_smooth_image(300, 300), 256, 341)
     np.testing.assert_array_equal(box, [0, 42, 256, 256])
     assert square.shape == (256, 341, 3)
     np.testing.assert_array_equal(square[:, :42], np.repeat(square[:, 42:43], 42, axis=1))
     np.testing.assert_array_equal(square[:, 298:], np.repeat(square[:, 297:298], 43, axis=1))
     # Portrait: the short side (width) to 256, height centre-cropped to 256, width padded.
-    tall, box = pipeline.resize_to_frame(_smooth_image(400, 300), 256, 341)
+    tall, box = host_images.resize_to_frame(_smooth_image(400, 300), 256, 341)
     assert tall.shape == (256, 341, 3)
     np.testing.assert_array_equal(box, [0, 42, 256, 256])
     # A square frame is the centre square of `prepare_image`, box = the frame.
     img = _smooth_image(45, 60)
-    framed, box = pipeline.resize_to_frame(img, 32, 32)
-    np.testing.assert_array_equal(framed, pipeline.resize_centre_square(img, 32))
+    framed, box = host_images.resize_to_frame(img, 32, 32)
+    np.testing.assert_array_equal(framed, host_images.resize_centre_square(img, 32))
     np.testing.assert_array_equal(box, [0, 0, 32, 32])
     with pytest.raises(ValueError, match="image_aspect"):
-        pipeline.frame_shape(256, 0.75)
+        host_images.frame_shape(256, 0.75)
 
 
 class _Frames:
@@ -209,7 +209,7 @@ def test_train_batches_carry_whole_frames_and_their_boxes():
         np.testing.assert_array_equal(batch[f"{who}_box"], np.tile([0, 0, SIZE, 21], (8, 1)))
         for slot in range(8):
             index = batch[f"{who}_index"][slot]
-            want, _ = pipeline.resize_to_frame(split.source[index]["image"], SIZE, 21)
+            want, _ = host_images.resize_to_frame(split.source[index]["image"], SIZE, 21)
             np.testing.assert_array_equal(batch[f"{who}_image"][slot], want)
     assert state["image_aspect"] == pytest.approx(4.0 / 3.0)
     # A state saved with square frames is refused.
@@ -300,13 +300,15 @@ def test_orbax_checkpoint_round_trip(tmp_path):
     it = _train(split)
     _take(it, 2)
     with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
-        manager.save(2, args=ocp.args.Composite(data=pipeline.checkpoint_save_args(it)))
+        manager.save(2, args=ocp.args.Composite(data=iterator_state.checkpoint_save_args(it)))
         manager.wait_until_finished()
     expected = _take(it, 2)
     it.close()
     fresh = _train(split)
     with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
-        manager.restore(2, args=ocp.args.Composite(data=pipeline.checkpoint_restore_args(fresh)))
+        manager.restore(
+            2, args=ocp.args.Composite(data=iterator_state.checkpoint_restore_args(fresh))
+        )
     _assert_same(_take(fresh, 2), expected)
     fresh.close()
 

@@ -5,9 +5,10 @@ import io
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
-from input_pipeline import pipeline
+from input_pipeline import host_images
 from input_pipeline.builders import image_files
 from input_pipeline.data_split import as_rgb_uint8
 
@@ -105,7 +106,7 @@ def test_mode_is_stored_and_read_as_reference_rgb(mode):
     tolerance = 1 if mode == "CMYK" else 0  # PIL's fixed-point division rounds its own way
     np.testing.assert_allclose(got.astype(int), expected.astype(int), atol=tolerance, rtol=0)
     # The reading side decodes raw bytes of other datasets the same way.
-    decoded = np.asarray(pipeline.decode_image(data, 64, "x"))
+    decoded = np.asarray(host_images.decode_image(data, 64, "x"))
     np.testing.assert_allclose(decoded.astype(int), expected.astype(int), atol=tolerance, rtol=0)
 
 
@@ -131,9 +132,7 @@ def test_sixteen_bit_png_survives_a_build(tmp_path):
     im, expected = _sixteen()
     im.save(source / "images" / "img_0_0.png")
     path = helpers.build(source, tmp_path / "tfds")
-    from input_pipeline import sources
-
-    builder = sources.tfds.builder_from_directory(path)
+    builder = tfds.builder_from_directory(path)
     records = builder.as_data_source("train")
     record = next(records[i] for i in range(len(records)) if records[i]["image_id"] == b"img_0_0")
     np.testing.assert_array_equal(record["image"], expected)

@@ -7,7 +7,7 @@ import jax
 import pytest
 
 from configs.common import base_config
-from input_pipeline import build, sources
+from input_pipeline import build, locate, sources
 from spmix_jax.errors import UserError
 
 from . import helpers
@@ -45,7 +45,7 @@ def setup(tmp_path, monkeypatch):
     def as_process(index: int, store):
         monkeypatch.setattr(jax, "process_index", lambda: index)
         monkeypatch.setattr(jax, "process_count", lambda: 2)
-        monkeypatch.setattr(sources, "_coordination_client", lambda: store)
+        monkeypatch.setattr(locate, "_coordination_client", lambda: store)
 
         def counted(*args, **kwargs):
             builds.append(index)
@@ -107,7 +107,7 @@ def test_without_a_runtime_other_processes_refuse_with_the_command(setup):
 def test_waiting_gives_up_after_the_timeout(setup, monkeypatch):
     cfg, as_process, builds = setup
     as_process(1, _Store())
-    monkeypatch.setattr(sources, "BUILD_WAIT_S", 1)
+    monkeypatch.setattr(locate, "BUILD_WAIT_S", 1)
     with pytest.raises(UserError, match="did not finish building .* within 1 s"):
         sources.get_split(cfg, "train")
     assert builds == []

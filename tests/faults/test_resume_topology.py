@@ -7,7 +7,7 @@ import pytest
 from grain._src.core import sharding as grain_sharding
 from grain._src.python.checkpoint import handler as grain_handler
 
-from input_pipeline import pipeline, synthetic
+from input_pipeline import iterator_state, pipeline, synthetic
 from input_pipeline.data_split import DataSplit
 from spmix_jax import checkpointing
 
@@ -67,7 +67,7 @@ def _save(tmp_path, iterators, monkeypatch):
         monkeypatch.setattr(
             grain_sharding, "get_process_index_and_count", lambda i=index: (i, count)
         )
-        grain_handler.CheckpointHandler().save(data, args=pipeline.checkpoint_save_args(it))
+        grain_handler.CheckpointHandler().save(data, args=iterator_state.checkpoint_save_args(it))
     monkeypatch.undo()
     assert sorted(p.name for p in data.iterdir() if p.suffix == ".json") == [
         f"process_{i}-of-{count}.json" for i in range(count)
