@@ -182,3 +182,66 @@ def base_config() -> ml_collections.ConfigDict:
     c.visualize = ml_collections.ConfigDict()
     c.visualize.num_pairs = 6
     return c
+
+
+# --- method presets: each is (sampler, mixing, loss) plus the fields it sets -----------------
+# The sampler column says which images a training pair holds: "instance" (the primary is the
+# instance draw; CE-style baselines use only the primary), "class-balanced" (the primary is the
+# class-balanced draw), "two instance" (input.balanced_q = 0, so the second draw follows the
+# training frequency too: instance sampling with replacement).
+METHODS: dict[str, tuple[str, str, str, dict[str, object]]] = {
+    "ce": ("instance", "none", "ce", {"mix.method": "none", "mix.primary": "instance"}),
+    "ce_balanced": ("class-balanced", "none", "ce", {"mix.method": "none"}),
+    "la_ce": ("instance", "none", "la_ce", {"mix.method": "none", "mix.primary": "instance"}),
+    "gpaco": ("instance", "none", "gpaco", {"mix.method": "none", "mix.primary": "instance"}),
+    "mixup": ("two instance", "mixup", "ce", {"mix.method": "mixup", "input.balanced_q": 0.0}),
+    "cutmix": ("two instance", "cutmix", "ce", {"mix.method": "cutmix", "input.balanced_q": 0.0}),
+    "bmix": (
+        "instance + class-balanced",
+        "balanced_mixup (a = 0.2)",
+        "ce",
+        {"mix.method": "balanced_mixup", "mix.beta_a": 0.2},
+    ),
+    "saliencymix": (
+        "class-balanced primary, instance secondary",
+        "saliencymix",
+        "ce",
+        {"mix.method": "saliencymix"},
+    ),
+    "spmix": ("class-balanced primary, instance secondary", "spmix", "gpaco", {}),
+    "spmix_global": ("as spmix", "spmix, one ratio per image", "gpaco", {"mix.ratio": "global"}),
+    "spmix_random": ("as spmix", "spmix, random ratios", "gpaco", {"mix.ratio": "random"}),
+    "spmix_instance": (
+        "instance primary, class-balanced secondary",
+        "spmix",
+        "gpaco",
+        {"mix.primary": "instance"},
+    ),
+    "spmix_gradient": (
+        "as spmix",
+        "spmix, gradient saliency",
+        "gpaco",
+        {"saliency.method": "gradient"},
+    ),
+    "spmix_shared": (
+        "as spmix",
+        "spmix, shared key encoder",
+        "gpaco",
+        {"model.key_encoder": "shared"},
+    ),
+}
+
+
+def apply_method(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Sets sampler, mixing and loss of method `name` (a key of METHODS) on `c`, in place.
+
+    One name per compared method keeps suites and tables from drifting apart field by field.
+    """
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; known: {sorted(METHODS)}")
+    _, _, loss, fields = METHODS[name]
+    c.loss.name = loss
+    for dotted, value in fields.items():
+        section, field = dotted.split(".")
+        c[section][field] = value
+    return c

@@ -7,7 +7,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-    a = common.parse_arg(arg, steps=2500, variant="mu/8")
+    a = common.parse_arg(arg, steps=2500, variant="mu/8", method="spmix")
     if a.steps <= 0:  # 0 would silently mean optim.epochs worth of steps instead
         raise ValueError(f"steps={a.steps}: give a positive number of training steps")
     c = common.base_config()
@@ -33,4 +33,4 @@ def get_config(arg: str | None = None):
     c.train.log_every = 100
     c.train.eval_every = 500
     c.train.checkpoint_every = 500
-    return c
+    return common.apply_method(c, a.method)

@@ -11,7 +11,8 @@ repository). Once built, the dataset is read from `data.data_dir` and the source
     # GPU/TPU: full resolution
     python -m spmix_jax.main --config=configs/ham10000.py:full,variant=S/16 --workdir=...
 
-Arguments: full (224 px model, 256 px stored), variant, steps, batch, saliency.
+Arguments: full (224 px model, 256 px stored), variant, steps, batch, saliency, method (a preset
+of configs/common.py METHODS, default spmix).
 Environment: SPMIX_HAM10000_DIR (source folder), SPMIX_DATA_DIR (where datasets are built).
 """
 
@@ -22,7 +23,14 @@ from configs import common
 
 def get_config(arg: str | None = None):
     a = common.parse_arg(
-        arg, full=False, variant="", steps=0, batch=0, saliency="fine_grained", epochs=0.0
+        arg,
+        full=False,
+        variant="",
+        steps=0,
+        batch=0,
+        saliency="fine_grained",
+        epochs=0.0,
+        method="spmix",
     )
     c = common.base_config()
     c.data.name = "folder_csv"
@@ -65,4 +73,4 @@ def get_config(arg: str | None = None):
         c.train.checkpoint_every = 200
     if a.steps:
         c.optim.total_steps = a.steps
-    return c
+    return common.apply_method(c, a.method)

@@ -7,7 +7,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-    a = common.parse_arg(arg, steps=6, saliency="fine_grained")
+    a = common.parse_arg(arg, steps=6, saliency="fine_grained", method="spmix")
     if a.steps <= 0:  # 0 would silently mean optim.epochs worth of steps instead
         raise ValueError(f"steps={a.steps}: give a positive number of training steps")
     c = common.base_config()
@@ -26,4 +26,4 @@ def get_config(arg: str | None = None):
     c.train.log_every = 2
     c.train.eval_every = 1000
     c.train.checkpoint_every = 2
-    return c
+    return common.apply_method(c, a.method)

@@ -261,6 +261,8 @@ def run(
     result["checkpoint"] = str(config.eval.checkpoint)
     if role:
         result["role"] = role
+    # The counts that define the shot groups; summaries pick the rarest classes by them.
+    result["train_class_counts"] = None if counts is None else [int(n) for n in counts]
     if counts is None:
         result["shot_groups_note"] = (
             "n/a: the dataset has no training split and the checkpoint records no class counts"

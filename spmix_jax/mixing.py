@@ -121,7 +121,9 @@ def mix_tokens(
 
 # --- pixel-level baselines (docs/method.md section 11) ---------------------------------------
 # Each returns (mixed images, lam) where lam is the share of the *first* image's label, so the
-# soft target is lam * onehot(y1) + (1 - lam) * onehot(y2).
+# soft target is lam * onehot(y1) + (1 - lam) * onehot(y2); balanced_mixup alone returns its
+# paper's lam, the share of the second (class-balanced) image. The mixers below turn every lam
+# into the primary's label share.
 
 
 def soft_targets(labels1: jax.Array, labels2: jax.Array, lam: jax.Array, num_classes: int):
@@ -140,10 +142,15 @@ def mixup(rng: jax.Array, x1: jax.Array, x2: jax.Array, a: float = 1.0):
 
 
 def balanced_mixup(rng: jax.Array, x_instance: jax.Array, x_balanced: jax.Array, a: float = 0.2):
-    """Balanced-MixUp: lam ~ Beta(a, 1) weights the instance image, the rest the balanced one."""
+    """Balanced-MixUp (Galdran et al. 2021): x = (1 - lam) x_instance + lam x_balanced.
+
+    lam ~ Beta(a, 1) per example is the *balanced* image's weight (returned as such): for the
+    paper's a = 0.1-0.2 it is small, so the instance image dominates and the class-balanced one
+    only regularises.
+    """
     lam = jax.random.beta(rng, a, 1.0, (x_instance.shape[0],))
     lb = lam[:, None, None, None].astype(x_instance.dtype)
-    return lb * x_instance + (1 - lb) * x_balanced, lam
+    return (1 - lb) * x_instance + lb * x_balanced, lam
 
 
 def _box_mask(cy, cx, cut_h, cut_w, h, w):
@@ -248,11 +255,11 @@ def _saliencymix(rng, primary, secondary, sal_primary, sal_secondary, *, cfg: An
 
 
 def _balanced_mixup(rng, primary, secondary, sal_primary, sal_secondary, *, cfg: Any, patch_size):
-    # lam ~ Beta(a, 1) weights the instance-sampled image of the pair.
+    # lam ~ Beta(a, 1) weights the class-balanced image; the label share is the primary's.
     if cfg.primary == "instance":
-        return _pixel(*balanced_mixup(rng, primary, secondary, cfg.beta_a))
-    mixed, lam_instance = balanced_mixup(rng, secondary, primary, cfg.beta_a)
-    return _pixel(mixed, 1.0 - lam_instance)
+        mixed, lam_balanced = balanced_mixup(rng, primary, secondary, cfg.beta_a)
+        return _pixel(mixed, 1.0 - lam_balanced)
+    return _pixel(*balanced_mixup(rng, secondary, primary, cfg.beta_a))
 
 
 # name -> (mixer, whether it reads saliency maps). The config checks and the README use these names.

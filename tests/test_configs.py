@@ -66,3 +66,31 @@ def test_readme_switch_table_matches_the_checks():
     for field, valid in config_checks.CHOICES.items():
         assert field in rows, f"README switch table lacks {field}"
         assert rows[field] == set(valid), (field, rows[field], valid)
+
+
+@pytest.mark.parametrize("config_name", ["demo", "ham10000", "tiny"])
+def test_every_method_preset_passes_the_checks(config_name):
+    from configs import common
+
+    for method in common.METHODS:
+        config = _load(config_name, f"method={method}")
+        config_checks.check_config(config, num_devices=1)
+        assert config.loss.name == common.METHODS[method][2]
+
+
+def test_method_presets_set_what_they_name():
+    from configs import common, tiny
+
+    def get(method):
+        return tiny.get_config(f"method={method}")
+
+    assert get("spmix").to_dict() == tiny.get_config().to_dict()
+    assert (get("ce").mix.method, get("ce").mix.primary) == ("none", "instance")
+    assert get("ce_balanced").mix.primary == "balanced"
+    assert get("bmix").mix.beta_a == 0.2 and get("bmix").mix.method == "balanced_mixup"
+    assert get("mixup").input.balanced_q == get("cutmix").input.balanced_q == 0.0
+    assert get("spmix_global").mix.ratio == "global"
+    assert get("spmix_shared").model.key_encoder == "shared"
+    assert get("spmix_gradient").saliency.method == "gradient"
+    with pytest.raises(ValueError, match="Unknown method"):
+        common.apply_method(tiny.get_config(), "nope")

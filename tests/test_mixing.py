@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -176,6 +177,75 @@ def test_mixup_family_and_soft_targets():
     mixed, lam = mixing.mixup(key, x1, x2, 0.4)
     np.testing.assert_allclose(np.asarray(mixed[:, 0, 0, 0]), 1 - np.asarray(lam), atol=1e-6)
     mixed, lam = mixing.balanced_mixup(key, x1, x2, 0.2)
-    np.testing.assert_allclose(np.asarray(mixed[:, 0, 0, 0]), 1 - np.asarray(lam), atol=1e-6)
+    # x1 is the instance image, x2 the balanced one: lam is the balanced image's weight.
+    np.testing.assert_allclose(np.asarray(mixed[:, 0, 0, 0]), np.asarray(lam), atol=1e-6)
     t = mixing.soft_targets(jnp.array([0, 1]), jnp.array([2, 1]), jnp.array([0.3, 0.6]), 3)
     np.testing.assert_allclose(np.asarray(t), [[0.3, 0, 0.7], [0, 1, 0]], atol=1e-6)
+
+
+def _pixel_cfg(primary: str, beta_a: float):
+    return ml_collections.ConfigDict({"primary": primary, "beta_a": beta_a})
+
+
+@pytest.mark.parametrize("primary", ["balanced", "instance"])
+def test_balanced_mixup_mixer_matches_the_paper(primary):
+    """Galdran et al. 2021: x = (1 - lam) x_inst + lam x_bal, lam ~ Beta(a, 1), same for targets."""
+    rng = np.random.default_rng(5)
+    x_inst = rng.normal(size=(64, 4, 4, 3)).astype(np.float32)
+    x_bal = rng.normal(size=(64, 4, 4, 3)).astype(np.float32)
+    y_inst, y_bal = rng.integers(0, 7, 64), rng.integers(0, 7, 64)
+    key = jax.random.PRNGKey(7)
+    lam = np.asarray(jax.random.beta(key, 0.2, 1.0, (64,)), np.float64)
+    want_x = (1 - lam)[:, None, None, None] * x_inst + lam[:, None, None, None] * x_bal
+    eye = np.eye(7)
+    want_t = (1 - lam)[:, None] * eye[y_inst] + lam[:, None] * eye[y_bal]
+    if primary == "balanced":
+        args, labels = (x_bal, x_inst), (y_bal, y_inst)
+    else:
+        args, labels = (x_inst, x_bal), (y_inst, y_bal)
+    mixer, _ = mixing.get("balanced_mixup")
+    view = mixer(
+        key, *map(jnp.asarray, args), None, None, cfg=_pixel_cfg(primary, 0.2), patch_size=4
+    )
+    np.testing.assert_allclose(np.asarray(view.images), want_x, atol=1e-5)
+    targets = mixing.soft_targets(*map(jnp.asarray, labels), view.label_share, 7)
+    np.testing.assert_allclose(np.asarray(targets), want_t, atol=1e-5)
+    # a = 0.2: the balanced image gets a small weight on average (E[lam] = a / (a + 1)).
+    assert lam.mean() < 0.35
+
+
+@pytest.mark.parametrize("method", ["mixup", "cutmix"])
+def test_mixup_preset_pairs_two_instance_images_with_paper_targets(method):
+    """The mixup / cutmix presets draw both images from the training frequency (q = 0) and mix
+    them with lam ~ Beta(a, a) and targets lam * onehot(y1) + (1 - lam) * onehot(y2)."""
+    from configs import common, tiny
+    from input_pipeline import sampling
+
+    config = common.apply_method(tiny.get_config(), method)
+    assert config.input.balanced_q == 0.0
+    assert config.mix.method == method and config.loss.name == "ce"
+    counts = np.array([50, 20, 5])
+    np.testing.assert_allclose(
+        sampling.balanced_class_distribution(counts, config.input.balanced_q),
+        counts / counts.sum(),
+    )
+    rng = np.random.default_rng(6)
+    x1 = rng.normal(size=(32, 8, 8, 3)).astype(np.float32)
+    x2 = rng.normal(size=(32, 8, 8, 3)).astype(np.float32)
+    y1, y2 = rng.integers(0, 3, 32), rng.integers(0, 3, 32)
+    key = jax.random.PRNGKey(11)
+    a = config.mix.beta_a
+    mixer, _ = mixing.get(method)
+    view = mixer(key, jnp.asarray(x1), jnp.asarray(x2), None, None, cfg=config.mix, patch_size=4)
+    if method == "mixup":
+        lam = np.asarray(jax.random.beta(key, a, a, (32,)), np.float64)
+        want = lam[:, None, None, None] * x1 + (1 - lam[:, None, None, None]) * x2
+        np.testing.assert_allclose(np.asarray(view.images), want, atol=1e-5)
+    else:  # the box area decides lam: each pixel is from x1 or x2, lam = share from x1
+        from_x1 = np.all(np.asarray(view.images) == x1, axis=-1).mean(axis=(1, 2))
+        lam = np.asarray(view.label_share, np.float64)
+        np.testing.assert_allclose(from_x1, lam, atol=1e-6)
+    eye = np.eye(3)
+    want_t = lam[:, None] * eye[y1] + (1 - lam[:, None]) * eye[y2]
+    got_t = mixing.soft_targets(jnp.asarray(y1), jnp.asarray(y2), view.label_share, 3)
+    np.testing.assert_allclose(np.asarray(got_t), want_t, atol=1e-5)
