@@ -112,7 +112,7 @@ def confusion_matrix_figure(
     side = 1.2 + 0.75 * c
     fig = Figure(figsize=(side + 1.2, side))
     ax = fig.add_subplot(1, 1, 1)
-    vmax = 1.0 if normalize else max(float(shown.max()), 1.0)
+    vmax = 1.0 if normalize else max(float(np.max(shown)), 1.0)
     im = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(c), labels=[str(x) for x in class_names], rotation=45, ha="right")

@@ -91,10 +91,10 @@ def patch_ratios(
             raise ValueError("mix.ratio='random' needs an rng key.")
         num = patch_means(sal_primary, patch_size).shape
         return jax.random.uniform(rng, num, minval=r_min, maxval=alpha)
+    rng_p: jax.Array | None = None
+    rng_s: jax.Array | None = None
     if rng is not None:
         rng_p, rng_s = jax.random.split(rng)
-    else:
-        rng_p = rng_s = None
     s_p = patch_scores(sal_primary, patch_size=patch_size, r_min=r_min, noise=noise, rng=rng_p)
     s_s = patch_scores(sal_secondary, patch_size=patch_size, r_min=r_min, noise=noise, rng=rng_s)
     r = jnp.minimum(alpha, jnp.maximum(s_p, s_s))
