@@ -236,7 +236,8 @@ def run(
     split_name = split_name or config.eval.split or config.data.eval_split
     variables, step = restore_variables(config, workdir, mesh)
     split = sources.get_split(config.data, split_name, require_train=False)
-    _check_model_classes(workdir, step, split)
+    run_record = _recorded_run(checkpointing.resolve_step(workdir, step)[0], step)
+    _check_model_classes(run_record, workdir, step, split)
     out_dir = epath.Path(workdir)
     chief = jax.process_index() == 0
     if mode == "predict":
@@ -253,7 +254,7 @@ def run(
         logging.info("Wrote %d predictions to %s", len(index), path)
         print(f"Wrote {len(index)} predictions to {path}")
         return {"path": str(path), "num_examples": int(len(index))}
-    counts = _train_class_counts(config, workdir, step)
+    counts = _train_class_counts(config, run_record)
     result = evaluate_split(config, variables, split, mesh, train_class_counts=counts)
     result["step"] = step
     result["split"] = split_name
@@ -287,11 +288,12 @@ def run(
     return result
 
 
-def _check_model_classes(workdir: str, step: int, split: DataSplit) -> None:
-    """Refuses a dataset whose classes differ (in names or order) from those the model learnt:
-    its logits would be read against the wrong names without any error."""
-    manager, _ = checkpointing.resolve_step(workdir, step)
-    run = _recorded_run(manager, step)
+def _check_model_classes(
+    run: dict[str, Any] | None, workdir: str, step: int, split: DataSplit
+) -> None:
+    """Refuses a dataset whose classes differ (in names or order) from those the model learnt
+    (per the checkpoint's run record `run`): its logits would be read against the wrong names
+    without any error."""
     names = None if run is None else run.get("class_names")
     if names and list(names) != list(split.class_names):
         raise UserError(
@@ -309,12 +311,10 @@ def _check_model_classes(workdir: str, step: int, split: DataSplit) -> None:
 
 
 def _train_class_counts(
-    config: ml_collections.ConfigDict, workdir: str, step: int
+    config: ml_collections.ConfigDict, run: dict[str, Any] | None
 ) -> np.ndarray | None:
-    """Training class counts for the many / medium / few groups: the model's own (recorded with
-    its checkpoint), else the dataset's training split, else None when unknown."""
-    manager, _ = checkpointing.resolve_step(workdir, step)
-    run = _recorded_run(manager, step)
+    """Training class counts for the many / medium / few groups: the model's own (from the
+    checkpoint's run record `run`), else the dataset's training split, else None when unknown."""
     if run is not None and run.get("train_class_counts"):
         return np.asarray(run["train_class_counts"], np.int64)
     return sources.train_class_counts(config.data)
