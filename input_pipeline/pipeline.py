@@ -65,8 +65,8 @@ def _process_index_and_count(
     return int(process_index), int(process_count)
 
 
-def _read(source: Any, labels: np.ndarray, index: int, image_size: int) -> np.ndarray:
-    """Image of example `index`, checking the record's label against the split's labels."""
+def _record(source: Any, labels: np.ndarray, index: int) -> tuple[Any, str]:
+    """Record `index` and its image id, checking its label against the split's labels."""
     record = source[index]
     image_id = str(record.get("image_id", index))
     if int(record["label"]) != int(labels[index]):
@@ -74,6 +74,12 @@ def _read(source: Any, labels: np.ndarray, index: int, image_size: int) -> np.nd
             f"record {image_id!r} (index {index}) has label {record['label']} but "
             f"the split's labels say {labels[index]}"
         )
+    return record, image_id
+
+
+def _read(source: Any, labels: np.ndarray, index: int, image_size: int) -> np.ndarray:
+    """Evaluation image of example `index` (centre square)."""
+    record, image_id = _record(source, labels, index)
     return prepare_image(record["image"], image_size, image_id)
 
 
@@ -81,13 +87,7 @@ def _read_framed(
     source: Any, labels: np.ndarray, index: int, frame: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Training image of example `index` in the frame (whole image), and its valid region."""
-    record = source[index]
-    image_id = str(record.get("image_id", index))
-    if int(record["label"]) != int(labels[index]):
-        raise ValueError(
-            f"record {image_id!r} (index {index}) has label {record['label']} but "
-            f"the split's labels say {labels[index]}"
-        )
+    record, image_id = _record(source, labels, index)
     height, width = frame
     decoded = decode_image(record["image"], max(frame), image_id)
     if isinstance(decoded, np.ndarray) and decoded.shape[:2] == frame:
