@@ -7,6 +7,7 @@ view, one forward and backward, cross-entropy and AdamW, jitted with the state d
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -90,35 +91,46 @@ def spmix_config(
     return c
 
 
-def class_counts(num_classes: int = NUM_CLASSES, num_train: int = NUM_TRAIN) -> np.ndarray:
-    """A 50:1 long-tailed class histogram (only the loss's log-prior reads it)."""
-    shape = np.power(50.0, -np.arange(num_classes) / max(num_classes - 1, 1))
+def class_counts(
+    num_classes: int = NUM_CLASSES, num_train: int = NUM_TRAIN, imbalance: float = 50.0
+) -> np.ndarray:
+    """A long-tailed class histogram, n_c ~ imbalance^(-c/(C-1)) (only the log-prior reads it)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    shape = np.power(float(max(imbalance, 1.0)), -np.arange(num_classes) / max(num_classes - 1, 1))
     return np.maximum(1, np.round(num_train * shape / shape.sum())).astype(np.int64)
 
 
-def pair_batch(rng: np.random.Generator, size: int, batch: int) -> dict[str, np.ndarray]:
+def pair_batch(
+    rng: np.random.Generator, size: int, batch: int, num_classes: int = NUM_CLASSES
+) -> dict[str, np.ndarray]:
     """A uint8 pair batch with the keys and dtypes the training iterator yields."""
     out = {}
     for who in ("primary", "secondary"):
         out[f"{who}_image"] = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-        out[f"{who}_label"] = rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
+        out[f"{who}_label"] = rng.integers(0, num_classes, batch).astype(np.int32)
         out[f"{who}_index"] = rng.integers(0, 1 << 20, batch).astype(np.int32)
     return out
 
 
-def build_spmix(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def build_spmix(
+    config: ml_collections.ConfigDict, num_train: int = NUM_TRAIN, imbalance: float = 50.0
+) -> dict[str, Any]:
     """Model, optimizer, state, jitted step and a device batch, as `train.py` builds them."""
     mesh = sharding.make_mesh()
     model = make_model(config)
-    tx = optimizer.make_optimizer(config, NUM_TRAIN)
+    tx = optimizer.make_optimizer(config, num_train)
     state = state_lib.create(config, model, tx, mesh, jax.random.PRNGKey(config.seed))
     shardings = jax.tree.map(lambda x: x.sharding, state)
+    counts = class_counts(config.data.num_classes, num_train, imbalance)
     log_prior = losses.class_log_prior(
-        class_counts(), primary=config.mix.primary, balanced_q=config.input.balanced_q
+        counts, primary=config.mix.primary, balanced_q=config.input.balanced_q
     )
-    step = train.jit_train_step(config, model, tx, log_prior, NUM_TRAIN, shardings, mesh)
-    rng = np.random.default_rng(config.seed)
-    host = pair_batch(rng, config.data.image_size, config.input.batch_size)
+    step = train.jit_train_step(config, model, tx, log_prior, num_train, shardings, mesh)
+    # This host's rows of one global batch (all of it in a single-process run).
+    rng = np.random.default_rng(config.seed + jax.process_index())
+    rows = config.input.batch_size // jax.process_count()
+    host = pair_batch(rng, config.data.image_size, rows, config.data.num_classes)
     batch = sharding.global_batch(host, mesh)
     return dict(
         mesh=mesh,
@@ -270,3 +282,16 @@ def emit(report: dict[str, Any], out: str = "") -> None:
         path = pathlib.Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
+
+
+def step_parser(description: str, batch_help: str) -> argparse.ArgumentParser:
+    """The flags every step benchmark shares: model, sizes, precision, dry run, output."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--variant", default="S/16")
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--data_size", type=int, default=0, help="stored image size (0: the image size)")
+    p.add_argument("--batch", type=int, default=8, help=batch_help)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--dry_run", action="store_true", help="tiny sizes and few steps (a test)")
+    p.add_argument("--out", default="", help="also write the JSON here")
+    return p

@@ -292,20 +292,13 @@ def host_comparison(path: str, results: dict[str, dict[str, Any]]) -> dict[str, 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variant", default="S/16")
-    p.add_argument("--image_size", type=int, default=224)
-    p.add_argument("--data_size", type=int, default=0, help="stored image size (0: the image size)")
-    p.add_argument("--batch", type=int, default=8, help="pairs (SPMix) or images (plain)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p = bc.step_parser(__doc__.splitlines()[0], "pairs (SPMix) or images (plain)")
     p.add_argument("--steps", type=int, default=3, help="back-to-back steps per case per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
     p.add_argument("--cases", default="", help=f"comma list (prefixes allowed) of {ALL_CASES}")
     p.add_argument("--torch_python", default="", help=f"default {DEFAULT_TORCH_PYTHON}")
     p.add_argument("--input_pipeline_json", default="", help="input_pipeline.py's JSON output")
-    p.add_argument("--dry_run", action="store_true", help="tiny sizes and few steps (a test)")
-    p.add_argument("--out", default="", help="also write the JSON here")
     args = p.parse_args(argv)
     if args.dry_run:
         args.cases = args.cases or DRY_RUN_CASES

@@ -220,18 +220,11 @@ def build_pieces(config: Any, built: dict[str, Any]) -> dict[str, tuple[Callable
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variant", default="S/16")
-    p.add_argument("--image_size", type=int, default=224)
-    p.add_argument("--data_size", type=int, default=0, help="stored size (0: the image size)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p = bc.step_parser(__doc__.splitlines()[0], "pairs per step")
     p.add_argument("--saliency", default="fine_grained", choices=saliency.METHODS)
     p.add_argument("--key_encoder", default="ema", choices=key_encoder.MODES)
     p.add_argument("--steps", type=int, default=2, help="calls per piece per round")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--dry_run", action="store_true")
-    p.add_argument("--out", default="")
     args = p.parse_args(argv)
     if args.dry_run:
         args.variant, args.image_size, args.batch, args.steps, args.rounds = "mu/8", 16, 4, 1, 2

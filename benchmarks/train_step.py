@@ -35,11 +35,9 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from spmix_jax import losses, optimizer, saliency, sharding, train  # noqa: E402
-from spmix_jax import state as state_lib  # noqa: E402
+from spmix_jax import saliency, sharding  # noqa: E402
 from spmix_jax import step as step_lib  # noqa: E402
 from spmix_jax.config_checks import check_config  # noqa: E402
-from spmix_jax.models import make_model  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -66,28 +64,6 @@ flags.DEFINE_integer("num_batches", 2, "Distinct synthetic batches, used in turn
 flags.DEFINE_string("profile_dir", "", "If set, write a jax.profiler trace of the timed steps.")
 flags.DEFINE_string("output", "", "Also write the JSON report to this path.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host).")
-
-
-def synthetic_class_counts(num_classes: int, num_train: int, imbalance: float) -> np.ndarray:
-    """Long-tailed counts n_c = n_max * imbalance^(-c/(C-1)) summing to about num_train."""
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    exponents = np.arange(num_classes) / max(num_classes - 1, 1)
-    shape = np.power(float(max(imbalance, 1.0)), -exponents)
-    return np.maximum(1, np.round(num_train * shape / shape.sum())).astype(np.int64)
-
-
-def synthetic_pair_batch(
-    rng: np.random.Generator, config: ml_collections.ConfigDict, rows: int
-) -> dict[str, np.ndarray]:
-    """One host's rows of a pair batch, with the keys and dtypes the training iterator yields."""
-    size, num_classes = config.data.image_size, config.data.num_classes
-    batch = {}
-    for who in ("primary", "secondary"):
-        batch[f"{who}_image"] = rng.integers(0, 256, (rows, size, size, 3), dtype=np.uint8)
-        batch[f"{who}_label"] = rng.integers(0, num_classes, rows).astype(np.int32)
-        batch[f"{who}_index"] = rng.integers(0, 1 << 20, rows).astype(np.int32)
-    return batch
 
 
 def _sig(value: float | None, unit: float) -> float | None:
@@ -130,22 +106,15 @@ def benchmark_step(
 ) -> dict[str, Any]:
     """Compiles and times the train step for one config; returns a JSON-ready dict."""
     check_config(config)
-    counts = synthetic_class_counts(
-        config.data.num_classes, num_train, config.data.synthetic.imbalance
-    )
-    mesh = sharding.make_mesh()
-    model = make_model(config)
-    tx = optimizer.make_optimizer(config, num_train)
-    state = state_lib.create(config, model, tx, mesh, jax.random.PRNGKey(config.seed))
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    log_prior = losses.class_log_prior(
-        counts, primary=config.mix.primary, balanced_q=config.input.balanced_q
-    )
-    train_step = train.jit_train_step(config, model, tx, log_prior, num_train, shardings, mesh)
+    built = bench_common.build_spmix(config, num_train, config.data.synthetic.imbalance)
+    mesh, state, train_step = built["mesh"], built["state"], built["step"]
 
     rows = config.input.batch_size // jax.process_count()
     rng = np.random.default_rng(config.seed + jax.process_index())
-    host_batches = [synthetic_pair_batch(rng, config, rows) for _ in range(num_batches)]
+    size, num_classes = config.data.image_size, config.data.num_classes
+    host_batches = [
+        bench_common.pair_batch(rng, size, rows, num_classes) for _ in range(num_batches)
+    ]
     device_batches = [sharding.global_batch(b, mesh) for b in host_batches]
 
     t0 = time.perf_counter()
