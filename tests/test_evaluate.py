@@ -7,13 +7,12 @@ saves them (with the `run` record), so no training is needed.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import shutil
 
 import jax
 import pytest
+from ham_subset import make_source
 
 from configs import demo, tiny
 from input_pipeline import build
@@ -96,23 +95,6 @@ def test_bare_checkpoint_mismatch_names_the_arrays(tmp_path):
     assert not (tmp_path / "checkpoints").exists()  # reading created no folder
 
 
-def _copy_images(ham_dir, dest, per_class: int) -> None:
-    """The first `per_class` images of every class, with their rows of labels.csv."""
-    with open(ham_dir / "labels.csv", newline="") as f:
-        rows = list(csv.reader(f))
-    chosen, taken = [], [0] * 7
-    for row in rows[1:]:
-        k = [float(v) for v in row[1:]].index(1.0)
-        if taken[k] < per_class:
-            chosen.append(row)
-            taken[k] += 1
-    (dest / "images").mkdir(parents=True)
-    for row in chosen:
-        shutil.copy(ham_dir / "images" / f"{row[0]}.jpg", dest / "images")
-    with open(dest / "labels.csv", "w", newline="") as f:
-        csv.writer(f).writerows([rows[0], *chosen])
-
-
 def test_resuming_with_another_model_names_the_field(tmp_path):
     config = tiny.get_config()
     mesh = sharding.make_mesh()
@@ -135,7 +117,7 @@ def test_resuming_with_another_model_names_the_field(tmp_path):
 def eval_only_dataset(ham10000_dir, tmp_path_factory):
     """A labelled folder built whole as the `test` split (no training split)."""
     src = tmp_path_factory.mktemp("new_folder")
-    _copy_images(ham10000_dir, src, per_class=2)
+    make_source(ham10000_dir, src, per_class=2)  # its metadata.csv is not read (metadata=none)
     out = tmp_path_factory.mktemp("tfds")
     build.build_dataset(
         "folder_csv",

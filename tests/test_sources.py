@@ -3,9 +3,7 @@ decoding images; clear errors for missing datasets and unknown splits."""
 
 from __future__ import annotations
 
-import csv
 import os
-import pathlib
 import pickle
 import shutil
 import sys
@@ -14,36 +12,13 @@ import types
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from ham_subset import make_source
 
 import input_pipeline
 from configs.common import base_config
 from input_pipeline import build, data_split, sources
 
 CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
-
-
-def make_source(ham_dir: pathlib.Path, dest: pathlib.Path, per_class: int = 6):
-    """The first `per_class` images of each class (by id) with their CSV rows; the labels come
-    from the one-hot CSV read with the csv module (independent of the code under test)."""
-    with open(ham_dir / "labels.csv", newline="") as f:
-        rows = list(csv.reader(f))
-    chosen, taken = [], [0] * 7
-    for row in rows[1:]:
-        k = [float(v) for v in row[1:]].index(1.0)
-        if taken[k] < per_class:
-            chosen.append(row)
-            taken[k] += 1
-    (dest / "images").mkdir(parents=True)
-    for row in chosen:
-        shutil.copy(ham_dir / "images" / f"{row[0]}.jpg", dest / "images")
-    with open(dest / "labels.csv", "w", newline="") as f:
-        csv.writer(f).writerows([rows[0], *chosen])
-    ids = {r[0] for r in chosen}
-    with open(ham_dir / "metadata.csv", newline="") as f:
-        meta = list(csv.reader(f))
-    with open(dest / "metadata.csv", "w", newline="") as f:
-        csv.writer(f).writerows([meta[0], *[r for r in meta[1:] if r[1] in ids]])
-    return {r[0]: [float(v) for v in r[1:]].index(1.0) for r in chosen}
 
 
 @pytest.fixture(scope="module")
