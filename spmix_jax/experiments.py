@@ -231,8 +231,11 @@ def parse_extra(text: str) -> list[tuple[str, int]]:
 
 
 def _duration(seconds: float) -> str:
+    """3h05m, 12m09s or 42s."""
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,8 +14,13 @@ import jax  # noqa: E402
 
 if int(num) > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # The chief writes figures and reports after training, so on a loaded machine the other
+    # process may wait at the shutdown barrier for minutes: allow as long as the test does.
     jax.distributed.initialize(
-        coordinator_address=f"localhost:{port}", num_processes=int(num), process_id=int(pid)
+        coordinator_address=f"localhost:{port}",
+        num_processes=int(num),
+        process_id=int(pid),
+        shutdown_timeout_seconds=900,
     )
 
 from absl import flags  # noqa: E402

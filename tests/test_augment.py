@@ -766,6 +766,31 @@ def test_views_shapes_ranges_and_normalisation(batch_uint8, settings, jitted_vie
         assert np.isfinite(np.asarray(normed)).all()
 
 
+@pytest.mark.parametrize("batch", [8, 5], ids=["even", "odd"])
+def test_batched_key_view_equals_the_per_image_view(batch_uint8, settings, batch):
+    """The batch path (colour under vmap, blur in a lax.map) renders what the per-image
+    function renders from the same parameters, blur or not, for even and odd batches."""
+    images = batch_uint8[:batch]
+    rng = jax.random.key(3)
+    view01, normed, warp = views.key_view(
+        rng, images, out_size=32, settings=settings, with_geometry=True
+    )
+    keys = jax.random.split(rng, batch)
+    x = images.astype(np.float32) / 255.0
+    radius = colour.blur_radius(settings.blur_sigma[1])
+    blurred = 0
+    for i in range(batch):
+        params = views.sample_key_params(keys[i], 48, 48, settings)
+        blurred += bool(params.blur)
+        want, want_warp = views.key_view_from_params(x[i], params, 32, radius, True)
+        np.testing.assert_allclose(np.asarray(view01[i]), np.asarray(want), atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(warp[i]), np.asarray(want_warp))
+    np.testing.assert_allclose(
+        np.asarray(normed), np.asarray(views.normalize(view01, settings)), atol=1e-6
+    )
+    assert 0 < blurred < batch  # both branches of the random blur are exercised
+
+
 def test_views_deterministic_per_key_and_different_across_examples(batch_uint8, jitted_views):
     same = np.repeat(batch_uint8[:1], 8, axis=0)  # one image eight times
     for fn in jitted_views:

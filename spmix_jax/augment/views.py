@@ -280,6 +280,21 @@ def query_view_from_params(
     return result(img)
 
 
+def _key_colour(image: jax.Array, params: KeyParams, out_size: int) -> tuple[jax.Array, jax.Array]:
+    """One image's key view before the blur (crop + flip warp, jitter, grayscale), and the warp."""
+    geometry.check_image(image)
+    base = _crop_flip_matrix(params.crop, params.flip, out_size)
+    warped = geometry.warp_affine(image, base, out_size)
+    img = colour.color_jitter(warped, params.jitter, params.jitter_order)
+    img = jnp.where(params.gray, colour.grayscale(img), img)
+    return img, warped
+
+
+def _key_blur(img: jax.Array, blur: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
+    """The key view's random blur of one image, clipped to [0, 1]."""
+    return jnp.clip(jnp.where(blur, colour.gaussian_blur(img, sigma, radius), img), 0.0, 1.0)
+
+
 def key_view_from_params(
     image: jax.Array,
     params: KeyParams,
@@ -292,14 +307,24 @@ def key_view_from_params(
     With `with_geometry`, returns (view, geometry), `geometry` being the crop + flip warp before
     any colour op (see `query_view_from_params`).
     """
-    geometry.check_image(image)
-    base = _crop_flip_matrix(params.crop, params.flip, out_size)
-    warped = geometry.warp_affine(image, base, out_size)
-    img = colour.color_jitter(warped, params.jitter, params.jitter_order)
-    img = jnp.where(params.gray, colour.grayscale(img), img)
-    img = jnp.where(params.blur, colour.gaussian_blur(img, params.sigma, blur_radius), img)
-    img = jnp.clip(img, 0.0, 1.0)
+    img, warped = _key_colour(image, params, out_size)
+    img = _key_blur(img, params.blur, params.sigma, blur_radius)
     return (img, jnp.clip(warped, 0.0, 1.0)) if with_geometry else img
+
+
+def blur_batch(images: jax.Array, params: KeyParams, radius: int) -> jax.Array:
+    """`_key_blur` over a (B, M, M, 3) batch, half a batch per pass of a `lax.map`.
+
+    Fused with the colour ops before it, the blur's 2 * (2 * radius + 1) shifted reads make XLA
+    recompute those ops per tap (on CPU the key view took 4x longer, benchmarks/README.md); the
+    loop boundary makes the blur read a materialised batch, and two passes keep it batched.
+    """
+    half = max(1, -(-images.shape[0] // 2))
+    return jax.lax.map(
+        lambda a: _key_blur(a[0], a[1], a[2], radius),
+        (images, params.blur, params.sigma),
+        batch_size=half,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,11 +371,13 @@ def _random_views(
     render: Callable[..., Any],
     with_geometry: bool,
     boxes: jax.Array | None = None,
+    finish: Callable[[jax.Array, Any], jax.Array] | None = None,
 ) -> tuple[jax.Array, ...]:
     """Checks the batch, draws per-example parameters, renders them and normalises.
 
     Returns (view01, normed), plus the geometry-only warp when `with_geometry`. `boxes` (B, 4)
     are the valid regions of padded frames (crops stay inside them); None: the whole image.
+    `finish(views, params)`, if given, is a batch-level last stage before normalising.
     """
     x = _check_images(images_uint8)
     out_size = _check_out_size(out_size)
@@ -366,10 +393,10 @@ def _random_views(
     rendered = jax.vmap(lambda im, p: render(im, p, out_size, with_geometry=with_geometry))(
         x, params
     )
-    if with_geometry:
-        view01, warp_only = rendered
-        return view01, normalize(view01, settings), warp_only
-    return rendered, normalize(rendered, settings)
+    view01, *warp_only = rendered if with_geometry else (rendered,)
+    if finish is not None:
+        view01 = finish(view01, params)
+    return (view01, normalize(view01, settings), *warp_only)
 
 
 def query_view(
@@ -414,9 +441,21 @@ def key_view(
     `with_geometry` and `boxes` as in `query_view`.
     """
     radius = colour.blur_radius(settings.blur_sigma[1])
-    render = functools.partial(key_view_from_params, blur_radius=radius)
+
+    def render(image: jax.Array, params: KeyParams, out_size: int, with_geometry: bool) -> Any:
+        img, warped = _key_colour(image, params, out_size)
+        return (img, jnp.clip(warped, 0.0, 1.0)) if with_geometry else img
+
     return _random_views(
-        rng, images_uint8, out_size, settings, sample_key_params, render, with_geometry, boxes
+        rng,
+        images_uint8,
+        out_size,
+        settings,
+        sample_key_params,
+        render,
+        with_geometry,
+        boxes,
+        finish=functools.partial(blur_batch, radius=radius),
     )
 
 
