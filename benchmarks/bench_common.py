@@ -17,8 +17,11 @@ import sys
 from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# The repository goes first, ahead of this folder: `benchmarks/input_pipeline.py` would otherwise
+# shadow the `input_pipeline` package (also when PYTHONPATH already lists the repository).
+if str(REPO) in sys.path:
+    sys.path.remove(str(REPO))
+sys.path.insert(0, str(REPO))
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402

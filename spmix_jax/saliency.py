@@ -185,22 +185,25 @@ def fine_grained(gray: jax.Array) -> jax.Array:
     _, h, w = gray.shape
     img = _blur3_uint8(_blur3_uint8(_uint8_levels(gray)))
 
-    integral = _integral_float32(img)
+    # Integral-image corners are read at indices clipped to the integral image (one larger than
+    # img): edge-padding it by the widest half-width once turns every clipped read into a slice.
+    m = max(_FG_HALF_WIDTHS)
+    padded = jnp.pad(_integral_float32(img), ((0, 0), (m, m), (m, m)), mode="edge")
     centre_f = img.astype(jnp.float32)
     rows, cols = np.arange(h), np.arange(w)
     on_sum = jnp.zeros_like(img)
     off_sum = jnp.zeros_like(img)
     for n in _FG_HALF_WIDTHS:
-        # Integral-image corners, clipped to the integral image (which is one larger than img).
         top, bottom = np.clip(rows - n + 1, 0, h), np.clip(rows + n + 1, 0, h)
         left, right = np.clip(cols - n + 1, 0, w), np.clip(cols + n + 1, 0, w)
-        at_top = jnp.take(integral, top, axis=1)
-        at_bottom = jnp.take(integral, bottom, axis=1)
+        at_top = padded[:, m - n + 1 : m - n + 1 + h]
+        at_bottom = padded[:, m + n + 1 : m + n + 1 + h]
+        t_left, t_right = m - n + 1, m + n + 1
         window = (
-            jnp.take(at_bottom, right, axis=2)
-            + jnp.take(at_top, left, axis=2)
-            - jnp.take(at_bottom, left, axis=2)
-            - jnp.take(at_top, right, axis=2)
+            at_bottom[:, :, t_right : t_right + w]
+            + at_top[:, :, t_left : t_left + w]
+            - at_bottom[:, :, t_left : t_left + w]
+            - at_top[:, :, t_right : t_right + w]
         )
         others = ((bottom - top)[:, None] * (right - left)[None, :] - 1).astype(np.float32)
         # Full-shape, behind a barrier: XLA turns a division by a constant or by a broadcast into
