@@ -39,6 +39,8 @@ Key view: RandomResizedCrop + horizontal flip (one warp), colour jitter (random 
 with probability `grayscale_p`, Gaussian blur with probability `blur_p`. The blur is a separable
 Gaussian truncated at radius ceil(3 * sigma_max) (13 taps for sigma_max = 2, the support of PIL's
 three-pass box approximation used by `ImageFilter.GaussianBlur(radius=sigma)`), edges replicated.
+The batched key view runs the blur as a batch-level stage after the per-image colour ops
+(`views.blur_batch`), so that XLA does not recompute those ops for every tap of the blur.
 
 Evaluation view: short side resized (antialiased bilinear) to out_size * eval_resize_ratio, centre
 crop. Every view is normalised by `normalize`.
