@@ -196,14 +196,13 @@ def fine_grained(gray: jax.Array) -> jax.Array:
     for n in _FG_HALF_WIDTHS:
         top, bottom = np.clip(rows - n + 1, 0, h), np.clip(rows + n + 1, 0, h)
         left, right = np.clip(cols - n + 1, 0, w), np.clip(cols + n + 1, 0, w)
-        at_top = padded[:, m - n + 1 : m - n + 1 + h]
-        at_bottom = padded[:, m + n + 1 : m + n + 1 + h]
-        t_left, t_right = m - n + 1, m + n + 1
+        near, far = m - n + 1, m + n + 1  # padded offsets of the top / left and bottom / right
+        at_top, at_bottom = padded[:, near : near + h], padded[:, far : far + h]
         window = (
-            at_bottom[:, :, t_right : t_right + w]
-            + at_top[:, :, t_left : t_left + w]
-            - at_bottom[:, :, t_left : t_left + w]
-            - at_top[:, :, t_right : t_right + w]
+            at_bottom[:, :, far : far + w]
+            + at_top[:, :, near : near + w]
+            - at_bottom[:, :, near : near + w]
+            - at_top[:, :, far : far + w]
         )
         others = ((bottom - top)[:, None] * (right - left)[None, :] - 1).astype(np.float32)
         # Full-shape, behind a barrier: XLA turns a division by a constant or by a broadcast into

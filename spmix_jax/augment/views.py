@@ -280,14 +280,19 @@ def query_view_from_params(
     return result(img)
 
 
-def _key_colour(image: jax.Array, params: KeyParams, out_size: int) -> tuple[jax.Array, jax.Array]:
-    """One image's key view before the blur (crop + flip warp, jitter, grayscale), and the warp."""
+def _key_unblurred_view(
+    image: jax.Array, params: KeyParams, out_size: int, with_geometry: bool = False
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """One image's key view before the blur: crop + flip warp, jitter, grayscale (unclipped).
+
+    With `with_geometry`, also the crop + flip warp before any colour op, clipped to [0, 1].
+    """
     geometry.check_image(image)
     base = _crop_flip_matrix(params.crop, params.flip, out_size)
     warped = geometry.warp_affine(image, base, out_size)
     img = colour.color_jitter(warped, params.jitter, params.jitter_order)
     img = jnp.where(params.gray, colour.grayscale(img), img)
-    return img, warped
+    return (img, jnp.clip(warped, 0.0, 1.0)) if with_geometry else img
 
 
 def _key_blur(img: jax.Array, blur: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
@@ -307,9 +312,9 @@ def key_view_from_params(
     With `with_geometry`, returns (view, geometry), `geometry` being the crop + flip warp before
     any colour op (see `query_view_from_params`).
     """
-    img, warped = _key_colour(image, params, out_size)
+    img, *warp_only = _key_unblurred_view(image, params, out_size, True)
     img = _key_blur(img, params.blur, params.sigma, blur_radius)
-    return (img, jnp.clip(warped, 0.0, 1.0)) if with_geometry else img
+    return (img, *warp_only) if with_geometry else img
 
 
 def blur_batch(images: jax.Array, params: KeyParams, radius: int) -> jax.Array:
@@ -441,18 +446,13 @@ def key_view(
     `with_geometry` and `boxes` as in `query_view`.
     """
     radius = colour.blur_radius(settings.blur_sigma[1])
-
-    def render(image: jax.Array, params: KeyParams, out_size: int, with_geometry: bool) -> Any:
-        img, warped = _key_colour(image, params, out_size)
-        return (img, jnp.clip(warped, 0.0, 1.0)) if with_geometry else img
-
     return _random_views(
         rng,
         images_uint8,
         out_size,
         settings,
         sample_key_params,
-        render,
+        _key_unblurred_view,
         with_geometry,
         boxes,
         finish=functools.partial(blur_batch, radius=radius),
