@@ -15,11 +15,13 @@ import jax  # noqa: E402
 if int(num) > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     # The chief writes figures and reports after training, so on a loaded machine the other
-    # process may wait at the shutdown barrier for minutes: allow as long as the test does.
+    # process may wait at the shutdown barrier for minutes, and a starved process may miss
+    # heartbeats for as long: allow both as long as the test itself waits.
     jax.distributed.initialize(
         coordinator_address=f"localhost:{port}",
         num_processes=int(num),
         process_id=int(pid),
+        heartbeat_timeout_seconds=900,
         shutdown_timeout_seconds=900,
     )
 
