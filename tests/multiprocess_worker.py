@@ -3,8 +3,13 @@
 argv: process_id num_processes port workdir local_devices steps
 """
 
+import faulthandler
 import os
 import sys
+
+# A worker still running after 14 minutes (the test waits 15) prints where every thread is, then
+# exits: a hang in a collective shows up in the test's failure message.
+faulthandler.dump_traceback_later(840, exit=True)
 
 pid, num, port, workdir, local, steps = sys.argv[1:7]
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local}"

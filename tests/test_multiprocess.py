@@ -10,6 +10,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -34,36 +35,49 @@ def _free_port() -> int:
 
 
 def _launch(workdir, num, local, port):
+    """Starts `num` worker processes; each writes its output to a file beside `workdir` (a pipe
+    that nobody reads while the test waits on another process could fill and stall its writer).
+    """
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("XLA_FLAGS", None)
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(WORKER),
-                str(i),
-                str(num),
-                str(port),
-                str(workdir),
-                str(local),
-                str(STEPS),
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(num)
-    ]
+    procs = []
+    for i in range(num):
+        log = pathlib.Path(f"{workdir}_process{i}.log")
+        with log.open("w") as out:
+            argv = [str(WORKER), str(i), str(num), str(port), str(workdir), str(local), str(STEPS)]
+            proc = subprocess.Popen(
+                [sys.executable, *argv], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        procs.append((proc, log))
+    return procs
 
 
-def _wait(procs):
+def _wait(procs, timeout=900):
+    """Waits for all processes and returns their outputs; on a failure or a timeout, kills the
+    rest and shows every output.
+
+    A process that dies leaves its peer waiting in a collective, so the process that hangs is
+    often not the one that failed: the message gives the tail of each one's output.
+    """
+    deadline = time.monotonic() + timeout
+    failed = False
+    try:
+        for proc, _ in procs:
+            failed = proc.wait(timeout=max(deadline - time.monotonic(), 1)) != 0 or failed
+    except subprocess.TimeoutExpired:
+        failed = True
     outs = []
-    for p in procs:
-        out, _ = p.communicate(timeout=900)
-        outs.append(out)
-        assert p.returncode == 0, out[-4000:]
+    for proc, log in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        outs.append(log.read_text())
+    if failed:
+        report = "\n".join(
+            f"--- {log.name}, exit code {proc.returncode}:\n{out[-3000:]}"
+            for (proc, log), out in zip(procs, outs, strict=True)
+        )
+        pytest.fail(f"a worker failed or did not finish within {timeout} s\n{report}")
     return outs
 
 
