@@ -73,9 +73,14 @@ def spmix_config(
     dtype: str,
     saliency: str = "fine_grained",
     key_encoder: str = "ema",
+    ratio: str = "patch",
     tiny: bool = False,
 ) -> ml_collections.ConfigDict:
-    """The paper's config (configs/common.py) at the benchmark's sizes."""
+    """The paper's config (configs/common.py) at the benchmark's sizes.
+
+    `ratio="random"` draws the per-patch ratios at random, so no saliency map is used and XLA
+    drops their computation: the same step without saliency.
+    """
     c = common.base_config()
     c.data.name = "synthetic"
     c.data.num_classes = NUM_CLASSES
@@ -86,6 +91,7 @@ def spmix_config(
     c.model.dtype = dtype
     c.model.key_encoder = key_encoder
     c.saliency.method = saliency
+    c.mix.ratio = ratio
     if tiny:
         c.model.proj_hidden = 16
         c.model.proj_dim = 8

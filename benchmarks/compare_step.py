@@ -7,6 +7,9 @@ all of them alike. Compilation is timed separately and excluded.
 - `spmix:<saliency>:<key encoder>`: the SPMix step built exactly as training builds it
   (`state.create`, `train.jit_train_step`: four views, saliency, per-patch ratios, token mixing,
   query and key encoders, loss, AdamW, key-encoder update, enqueue), on uint8 pair batches;
+  `spmix:none:<key encoder>` is the same step with random per-patch ratios (`mix.ratio=random`),
+  so no saliency map is computed: the difference to a saliency case is what saliency costs
+  inside the compiled step, with whatever XLA fuses or overlaps;
 - `plain_jax`: the same backbone (`spmix_jax.models.ViT`) with a linear head, one view, one
   forward and backward, cross-entropy, AdamW (optax), jitted and donated: the floor for the model;
 - `plain_torch`: a plain PyTorch ViT of the same widths (`scaled_dot_product_attention`, AdamW),
@@ -44,15 +47,15 @@ import numpy as np  # noqa: E402
 
 from spmix_jax.models import decode_variant  # noqa: E402
 
-SALIENCY = ("fine_grained", "spectral_residual", "gradient")
+SALIENCY = ("fine_grained", "spectral_residual", "gradient", "none")
 KEY_ENCODERS = ("ema", "shared")
 ALL_CASES = tuple(f"spmix:{s}:{k}" for k in KEY_ENCODERS for s in SALIENCY) + (
     "plain_jax",
     "plain_torch",
 )
 DEFAULT_TORCH_PYTHON = "/work/torchvenv/bin/python"
-DRY_RUN_CASES = "spmix:fine_grained:ema,plain_jax,plain_torch"
-TARGETS = {"spmix_over_plain": 1.5, "gradient_over_static": 1.35}
+DRY_RUN_CASES = "spmix:fine_grained:ema,spmix:none:ema,plain_jax,plain_torch"
+TARGETS = {"spmix_over_plain": 1.5, "gradient_over_static": 1.35, "static_saliency_share": 0.05}
 
 
 class Case:
@@ -76,8 +79,9 @@ def spmix_case(name: str, args: argparse.Namespace, warmup: int) -> Case:
         data_size=args.data_size,
         batch=args.batch,
         dtype=args.dtype,
-        saliency=method,
+        saliency="fine_grained" if method == "none" else method,
         key_encoder=key,
+        ratio="random" if method == "none" else "patch",
         tiny=args.dry_run,
     )
     built = bc.build_spmix(config)
@@ -252,7 +256,9 @@ def summarise(case: Case, peak: float | None) -> dict[str, Any]:
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per-example time of every SPMix case over each plain case, and gradient over static."""
+    """Per-example time of every SPMix case over each plain case, gradient over static, and the
+    share of each saliency case's step that saliency takes (against `spmix:none` with the same
+    key encoder)."""
     out: dict[str, Any] = {}
     per_ex = {name: r["ms_per_example"] for name, r in results.items()}
     for name in per_ex:
@@ -265,6 +271,10 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         static = f"spmix:fine_grained:{key}"
         if method == "gradient" and static in per_ex:
             out[f"{name} / {static}"] = round(per_ex[name] / per_ex[static], 3)
+        control = f"spmix:none:{key}"
+        if method != "none" and control in per_ex:
+            share = 1.0 - per_ex[control] / per_ex[name]
+            out[f"saliency share of {name} (1 - {control} / it)"] = round(share, 3)
     return out
 
 

@@ -7,9 +7,9 @@ import faulthandler
 import os
 import sys
 
-# A worker still running after 14 minutes (the test waits 15) prints where every thread is, then
+# A worker still running after 9 minutes (the test waits 10) prints where every thread is, then
 # exits: a hang in a collective shows up in the test's failure message.
-faulthandler.dump_traceback_later(840, exit=True)
+faulthandler.dump_traceback_later(540, exit=True)
 
 pid, num, port, workdir, local, steps = sys.argv[1:7]
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local}"

@@ -59,20 +59,48 @@ def test_accelerator_check_dry_run_prints_a_json_plan(tmp_path, smoke):
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 
+def _load(name: str):
+    """A benchmark script loaded from its file as a module.
+
+    benchmarks/ is taken off sys.path again afterwards (the scripts put it first): there,
+    `input_pipeline` would name the benchmark script instead of the package.
+    """
+    path = list(sys.path)
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path
+    return module
+
+
 def test_peak_table_matches_device_kinds():
-    # Loaded from its file: with benchmarks/ on sys.path, `input_pipeline` would name the
-    # benchmark script instead of the package.
-    spec = importlib.util.spec_from_file_location("bench_common", BENCH / "bench_common.py")
-    assert spec is not None and spec.loader is not None
-    bench_common = importlib.util.module_from_spec(spec)
-    sys.modules["bench_common"] = bench_common  # dataclasses look their module up there
-    spec.loader.exec_module(bench_common)
+    bench_common = _load("bench_common")
     assert bench_common.peak_bf16_tflops("NVIDIA H200") == 989.0
     assert bench_common.peak_bf16_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert bench_common.peak_bf16_tflops("TPU v5 lite") == 197.0
     assert bench_common.peak_bf16_tflops("TPU v5p") == 459.0
     assert bench_common.peak_bf16_tflops("TPU v6 lite") == 918.0
     assert bench_common.peak_bf16_tflops("cpu") is None
+
+
+def test_compare_step_ratios_by_hand():
+    compare_step = _load("compare_step")
+    per_ex = {
+        "spmix:fine_grained:ema": 120.0,
+        "spmix:gradient:ema": 300.0,
+        "spmix:none:ema": 114.0,
+        "plain_jax": 80.0,
+    }
+    out = compare_step.ratios({k: {"ms_per_example": v} for k, v in per_ex.items()})
+    assert out["spmix:fine_grained:ema / plain_jax"] == 1.5
+    assert out["spmix:gradient:ema / spmix:fine_grained:ema"] == 2.5
+    assert out["saliency share of spmix:fine_grained:ema (1 - spmix:none:ema / it)"] == 0.05
+    assert out["saliency share of spmix:gradient:ema (1 - spmix:none:ema / it)"] == 0.62
+    assert not any("shared" in k or "plain_torch" in k for k in out)
 
 
 @pytest.mark.slow
@@ -88,7 +116,11 @@ def test_compare_step_dry_run_prints_valid_json(tmp_path):
         assert r["ms_per_example"] > 0 and r["last_loss"] is not None
         assert math.isfinite(r["last_loss"])
     assert results["spmix:fine_grained:ema"]["flops_per_step"] > 0
+    # The control without saliency really drops the maps' computation.
+    flops_none = results["spmix:none:ema"]["flops_per_step"]
+    assert 0 < flops_none < results["spmix:fine_grained:ema"]["flops_per_step"]
     assert "spmix:fine_grained:ema / plain_jax" in report["ratios"]
+    assert any(k.startswith("saliency share of spmix:fine_grained:ema") for k in report["ratios"])
     for key in ("date_utc", "jax", "device_kind", "settings"):
         assert key in report
 

@@ -312,9 +312,10 @@ def key_view_from_params(
     With `with_geometry`, returns (view, geometry), `geometry` being the crop + flip warp before
     any colour op (see `query_view_from_params`).
     """
-    img, *warp_only = _key_unblurred_view(image, params, out_size, True)
-    img = _key_blur(img, params.blur, params.sigma, blur_radius)
-    return (img, *warp_only) if with_geometry else img
+    out = _key_unblurred_view(image, params, out_size, with_geometry)
+    if isinstance(out, tuple):
+        return _key_blur(out[0], params.blur, params.sigma, blur_radius), out[1]
+    return _key_blur(out, params.blur, params.sigma, blur_radius)
 
 
 def blur_batch(images: jax.Array, params: KeyParams, radius: int) -> jax.Array:
