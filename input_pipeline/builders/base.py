@@ -76,9 +76,17 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
 
-    def __init__(self, *, skip_bad: bool = False, num_threads: int = 0, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        skip_bad: bool = False,
+        num_threads: int = 0,
+        max_image_mb: int = image_files.DEFAULT_MAX_IMAGE_MB,
+        **kwargs: Any,
+    ):
         self._skip_bad = skip_bad
         self._num_threads = num_threads or image_files.default_num_threads()
+        self._max_image_bytes = max_image_mb << 20  # larger files are refused, not read
         self._reencoded = 0
         self._reencoded_lock = threading.Lock()
         kwargs.setdefault("file_format", "array_record")
@@ -167,7 +175,7 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     def _prepare(self, item: Item) -> bytes:
         try:
             data, changed = image_files.prepare_image(
-                image_files.read_image_bytes(item.ref), self._short_side()
+                image_files.read_image_bytes(item.ref, self._max_image_bytes), self._short_side()
             )
         except Exception as e:  # checked before writing, so this means the file changed since
             raise DataError(f"{item.origin}: image {item.ref} could not be prepared: {e}") from e

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,15 @@ def _files(root: str) -> list[str]:
     return found
 
 
+def _stat(path: str) -> os.stat_result:
+    """The file's status; for a broken or looping symbolic link (which the build cannot read,
+    and leaves out unless the CSV lists it) that of the link itself, so it still counts."""
+    try:
+        return os.stat(path)
+    except OSError:
+        return os.lstat(path)
+
+
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -54,9 +64,9 @@ def _scan(base_dir: str, relative_roots: Sequence[str]) -> dict[str, Any]:
             rel = os.path.relpath(path, base_dir)
             if rel in entries:
                 continue
-            stat = os.stat(path)
-            entries[rel] = (stat.st_size, stat.st_mtime_ns)
-            if path.lower().endswith(".csv"):
+            info = _stat(path)
+            entries[rel] = (info.st_size, info.st_mtime_ns)
+            if path.lower().endswith(".csv") and stat.S_ISREG(info.st_mode):
                 csv_hashes[rel] = _sha256(path)
     listing = json.dumps(sorted(entries.items()), separators=(",", ":")).encode()
     return {

@@ -191,7 +191,7 @@ class FolderCsv(base.ArrayRecordBuilder):
         report = base.BuildReport()
         items, problems, unlisted = plan_folder_csv(c)
         items, image_problems = image_files.check_images(
-            items, f"Checking images of {c.csv}", self._num_threads
+            items, f"Checking images of {c.csv}", self._num_threads, self._max_image_bytes
         )
         problems += image_problems
         csv_layout.raise_unless_skipping(problems, self._skip_bad, f"{c.csv} / {c.images}")

@@ -12,8 +12,10 @@ import collections
 import concurrent.futures
 import dataclasses
 import errno
+import functools
 import io
 import os
+import stat
 import threading
 import time
 import unicodedata
@@ -21,7 +23,6 @@ import zipfile
 from collections.abc import Mapping, Sequence
 
 from absl import logging
-from etils import epath
 from PIL import Image
 
 from input_pipeline import image_modes
@@ -69,13 +70,73 @@ _TRANSIENT_ERRNOS = (errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, err
 RETRY_DELAYS_S = (0.2, 1.0, 5.0)
 
 
-def read_image_bytes(ref: ImageRef) -> bytes:
-    """The stored bytes of `ref`, unchanged; a transient I/O error is retried with a message."""
+# Largest image file read (`--max_image_mb`); dermoscopy images are a few MB, so a bigger file
+# is a mistake (a disk image, a video, a link to /dev/zero) that would otherwise fill memory.
+DEFAULT_MAX_IMAGE_MB = 64
+
+
+class ImageFileError(OSError):
+    """An image path that is not a regular file, or one above the size limit; not retried."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISDIR: "a folder",
+        stat.S_ISFIFO: "a named pipe (FIFO)",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+
+
+def _too_large(ref: ImageRef, size: int, limit: int) -> ImageFileError:
+    return ImageFileError(
+        "image_too_large",
+        f"{ref} has {size} bytes, more than the limit of {limit} bytes; expected an image file "
+        "(raise the limit with --max_image_mb if it really is one)",
+    )
+
+
+def _read_regular_file(ref: ImageRef, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes. Opened without blocking, so a
+    named pipe cannot hang the build, and checked before reading, so a link to a device (e.g.
+    /dev/zero) is refused instead of read until memory runs out."""
+    fd = os.open(ref.path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageFileError(
+                "unreadable_image",
+                f"{ref} is {_file_kind(info.st_mode)}, not a regular file; expected an image file",
+            )
+        if info.st_size > limit:
+            raise _too_large(ref, info.st_size, limit)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:  # the file grew since fstat
+            raise _too_large(ref, len(data), limit)
+        return data
+    finally:
+        os.close(fd)
+
+
+def read_image_bytes(ref: ImageRef, limit: int = DEFAULT_MAX_IMAGE_MB << 20) -> bytes:
+    """The stored bytes of `ref` (at most `limit`), unchanged; a transient I/O error is retried
+    with a message."""
     for attempt in range(len(RETRY_DELAYS_S) + 1):
         try:
             if ref.member:
-                return _open_zip(ref.path).read(ref.member)
-            return epath.Path(ref.path).read_bytes()
+                archive = _open_zip(ref.path)
+                size = archive.getinfo(ref.member).file_size
+                if size > limit:
+                    raise _too_large(ref, size, limit)
+                return archive.read(ref.member)
+            return _read_regular_file(ref, limit)
         except OSError as e:
             if e.errno not in _TRANSIENT_ERRNOS or attempt == len(RETRY_DELAYS_S):
                 raise
@@ -286,12 +347,12 @@ def describe_storage(short_side: int) -> str:
     return "original bytes" if short_side == 0 else f"short side {short_side}, JPEG q{JPEG_QUALITY}"
 
 
-def _check_item(item: Item) -> Problem | None:
+def _check_item(item: Item, limit: int) -> Problem | None:
     try:
-        data = read_image_bytes(item.ref)
+        data = read_image_bytes(item.ref, limit)
     except (OSError, KeyError, zipfile.BadZipFile) as e:
         return Problem(
-            "unreadable_image",
+            e.kind if isinstance(e, ImageFileError) else "unreadable_image",
             item.file or str(item.ref),
             item.line,
             item.image_id,
@@ -321,14 +382,18 @@ def _progress(iterable, total: int, desc: str):
 
 
 def check_images(
-    items: Sequence[Item], desc: str = "Checking images", num_threads: int = 0
+    items: Sequence[Item],
+    desc: str = "Checking images",
+    num_threads: int = 0,
+    max_bytes: int = DEFAULT_MAX_IMAGE_MB << 20,
 ) -> tuple[list[Item], list[Problem]]:
-    """Decodes every item's image; returns the readable items and a problem per bad one."""
+    """Decodes every item's image; returns the readable items and a problem per bad one
+    (files that are not regular files or exceed `max_bytes` included)."""
     good: list[Item] = []
     problems: list[Problem] = []
     workers = num_threads or default_num_threads()
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        results = pool.map(_check_item, items)
+        results = pool.map(functools.partial(_check_item, limit=max_bytes), items)
         for item, problem in _progress(zip(items, results, strict=True), len(items), desc):
             if problem is None:
                 good.append(item)

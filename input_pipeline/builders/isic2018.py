@@ -165,7 +165,7 @@ class Isic2018(base.ArrayRecordBuilder):
         checked: dict[str, list[image_files.Item]] = {}
         for split, items in parts.items():
             good, bad = image_files.check_images(
-                items, f"Checking {split} images", self._num_threads
+                items, f"Checking {split} images", self._num_threads, self._max_image_bytes
             )
             checked[split] = good
             problems += bad
