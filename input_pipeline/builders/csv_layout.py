@@ -16,6 +16,7 @@ import math
 import os
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,12 +87,45 @@ def _find_image_column(header: Sequence[str], source: str) -> int:
     )
 
 
-def _read_header(reader: Iterator[list[str]], source: str) -> list[str]:
+def _read_header(reader: Any, source: str) -> list[str]:
     """The stripped header fields; an empty file has none and is refused."""
-    try:
-        return [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise DataError(f"{source}: the CSV file is empty (expected a header line)") from None
+    for _, fields in _records(reader, source):
+        return [h.strip() for h in fields]
+    raise DataError(f"{source}: the CSV file is empty (expected a header line)")
+
+
+def _records(reader: Any, source: str) -> Iterator[tuple[int, list[str]]]:
+    """(line where the record starts, fields) for each record of a `csv.reader`.
+
+    A record spans several lines when a quoted field holds line breaks; an unbalanced quote
+    makes one field swallow the rest of the file (or more than the csv module's field limit),
+    so problems are reported at the line where the record, and that quote, starts.
+    """
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(
+                f"{source}, line {start}: the record starting here cannot be read ({e}); "
+                'probably a quote (") opened on this line is never closed. Close or remove '
+                "it (a quote inside a field is written as two quotes)."
+            ) from None
+        yield start, fields
+
+
+def _unclosed_quote(fields: Sequence[str], start: int, end: int) -> str:
+    """Why a record that runs over line breaks is bad ('' when it does not): in a label or
+    lesion CSV that means a quote opened on its first line and closed lines later, or never."""
+    if end > start and any("\n" in f or "\r" in f for f in fields):
+        return (
+            f'a quote (") opened on this line is not closed before line {end}, so lines '
+            f"{start}-{end} were read as one row; close or remove it (a quote inside a field "
+            'is written as "")'
+        )
+    return ""
 
 
 def _is_blank(fields: Sequence[str]) -> bool:
@@ -206,18 +240,19 @@ def parse_label_rows(
     rows: list[LabelRow] = []
     problems: list[Problem] = []
     first_line: dict[str, int] = {}
-    for fields in reader:
-        line = reader.line_num
+    for line, fields in _records(reader, source):
         if _is_blank(fields):
             continue
-        if len(fields) != len(header):
+        quote = _unclosed_quote(fields, line, reader.line_num)
+        if quote or len(fields) != len(header):
             problems.append(
                 Problem(
                     "malformed_row",
                     source,
                     line,
                     fields[0].strip() if fields else "",
-                    f"expected {len(header)} fields ({','.join(header)}), got {len(fields)}",
+                    quote
+                    or f"expected {len(header)} fields ({','.join(header)}), got {len(fields)}",
                 )
             )
             continue
@@ -271,18 +306,18 @@ def parse_lesion_rows(lines: Iterable[str], source: str) -> tuple[dict[str, str]
     lesions: dict[str, str] = {}
     first_line: dict[str, int] = {}
     problems: list[Problem] = []
-    for fields in reader:
-        line = reader.line_num
+    for line, fields in _records(reader, source):
         if _is_blank(fields):
             continue
-        if len(fields) <= max(image_col, lesion_col):
+        quote = _unclosed_quote(fields, line, reader.line_num)
+        if quote or len(fields) <= max(image_col, lesion_col):
             problems.append(
                 Problem(
                     "malformed_row",
                     source,
                     line,
                     "",
-                    f"expected {len(header)} fields, got {len(fields)}",
+                    quote or f"expected {len(header)} fields, got {len(fields)}",
                 )
             )
             continue

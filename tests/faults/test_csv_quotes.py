@@ -1,0 +1,65 @@
+"""CSV abuse: a quote opened and never closed, and a field beyond the csv module's size limit."""
+
+import csv
+import subprocess
+
+import pytest
+
+from input_pipeline.builders import csv_layout
+
+from . import helpers
+
+
+def _insert(source, line: int, text: str) -> None:
+    """Puts `text` at `line` (1 = header) of labels.csv."""
+    lines = (source / "labels.csv").read_text().splitlines()
+    lines.insert(line - 1, text)
+    (source / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_unclosed_quote_names_the_line_where_it_opens(tmp_path):
+    source = helpers.make_source(tmp_path / "src")
+    _insert(source, 4, 'img_0_2,"NV')  # the quote swallows every later line (23 in all)
+    with pytest.raises(csv_layout.DataError) as err:
+        helpers.build(source, tmp_path / "out")
+    message = str(err.value)
+    assert "labels.csv, line 4: " in message
+    assert 'a quote (") opened on this line is not closed before line 23' in message
+    assert "line 23:" not in message
+
+
+def test_quote_closed_lines_later_names_the_opening_line(tmp_path):
+    source = helpers.make_source(tmp_path / "src")
+    _insert(source, 3, 'img_0_1,"MEL')
+    _insert(source, 6, 'img_1_0",NV')
+    with pytest.raises(csv_layout.DataError) as err:
+        helpers.build(source, tmp_path / "out")
+    assert 'labels.csv, line 3: a quote (") opened on this line is not closed before line 6' in (
+        str(err.value)
+    )
+
+
+def test_huge_field_names_file_and_line_through_the_command(tmp_path):
+    source = helpers.make_source(tmp_path / "src")
+    _insert(source, 5, '"' + "x" * (csv.field_size_limit() + 10))
+    done = subprocess.run(
+        [
+            helpers.python(),
+            "-m",
+            "input_pipeline.build",
+            "--builder=folder_csv",
+            f"--source={source}",
+            f"--data_dir={tmp_path / 'out'}",
+            "--metadata=none",
+        ],
+        env=helpers.subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    error = done.stderr[done.stderr.index("error: ") :].strip()
+    assert error.startswith(f"error: {source / 'labels.csv'}, line 5: the record starting here")
+    assert "field larger than field limit" in error and "quote" in error
+    assert len(error.splitlines()) == 1
