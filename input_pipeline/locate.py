@@ -11,6 +11,7 @@ an old build a newer builder cannot read is refused with it.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from typing import Any
@@ -123,6 +124,79 @@ def _refuse_outdated(data_cfg: Any, version: epath.Path) -> None:
     )
 
 
+# The JSON files TFDS and the builders write beside the records.
+_DATASET_JSON = ("dataset_info.json", "features.json", "metadata.json")
+
+
+def damaged_error(data_cfg: Any, path: str, why: str) -> UserError:
+    """The one message for a built dataset with an unreadable file: which, and the rebuild."""
+    if data_cfg.name not in BUILT_NAMES:
+        return UserError(f"{path}: {why}; the dataset is damaged. Prepare it again.")
+    command = build_command(
+        data_cfg.name, data_cfg.data_dir, data_cfg.builder_config, data_cfg.source_dir
+    )
+    return UserError(
+        f"{path}: {why}; the built dataset is damaged. Rebuild it with (and the options it was "
+        f"built with):\n  {command} --overwrite"
+    )
+
+
+def open_builder(data_cfg: Any, path: str) -> tfds.core.DatasetBuilder:
+    """The (cached) TFDS builder of the dataset at `path`; one that cannot open is damaged."""
+    try:
+        return _builder(path)
+    except Exception as e:  # TFDS raises many types for files it cannot interpret
+        raise damaged_error(data_cfg, path, f"TFDS cannot open it ({type(e).__name__}: {e})") from e
+
+
+@functools.cache
+def _shard_problem(path: str, stamp: int, split: str) -> tuple[str, str] | None:
+    """(record file of `split`, why it cannot be read whole: truncated, overwritten) or None.
+
+    Opening a file reads its footer, and the record count must match the one TFDS recorded;
+    a damaged file otherwise fails only when a data worker reaches a broken record.
+    """
+    del stamp  # part of the cache key only
+    from array_record.python import array_record_module
+
+    info = _builder(path).info.splits[split]
+    for file, expected in zip(info.filepaths, info.shard_lengths, strict=True):
+        try:
+            reader = array_record_module.ArrayRecordReader(os.fspath(file))
+            try:
+                count = reader.num_records()
+            finally:
+                reader.close()
+        except Exception as e:  # array_record raises RuntimeError/ValueError for broken files
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            return os.fspath(file), f"not a readable record file ({reason})"
+        if count != expected:
+            return os.fspath(
+                file
+            ), f"holds {count} readable records, the dataset recorded {expected}"
+    return None
+
+
+def check_records(data_cfg: Any, path: str, split: str) -> None:
+    """Refuses a split whose record files are truncated or damaged, naming the file."""
+    problem = _shard_problem(path, _stamp(path), split)
+    if problem is not None:
+        raise damaged_error(data_cfg, *problem)
+
+
+def _refuse_damaged(data_cfg: Any, path: str) -> None:
+    """Refuses a dataset whose JSON files do not parse, naming the file."""
+    for name in _DATASET_JSON:
+        file = os.path.join(path, name)
+        try:
+            with open(file, "rb") as f:
+                json.loads(f.read())
+        except FileNotFoundError:
+            continue  # a dataset not built by input_pipeline.build has no metadata.json
+        except (OSError, ValueError) as e:
+            raise damaged_error(data_cfg, file, f"not readable JSON ({e})") from None
+
+
 _stale_warned: dict[tuple[str, int, str], str] = {}
 
 
@@ -132,6 +206,7 @@ def _warn_if_stale(data_cfg: Any, path: str) -> None:
     source_dir = data_cfg.source_dir
     if not source_dir or not os.path.isdir(source_dir):
         return
+    open_builder(data_cfg, path)  # a damaged dataset is refused, naming the rebuild
     meta = build_metadata(path)
     stored = None if meta is None else meta.get("source_fingerprint")
     if not stored:  # built before fingerprints were recorded
@@ -237,6 +312,7 @@ def _find_or_build(data_cfg: Any, config_dir: epath.Path, build: bool = True) ->
     """The newest version in `config_dir`; else builds it from `data.source_dir` (`build`)."""
     version = _newest_version(config_dir)
     if version is not None:
+        _refuse_damaged(data_cfg, os.fspath(version))
         _refuse_outdated(data_cfg, version)
         _warn_if_stale(data_cfg, os.fspath(version))
         return os.fspath(version)

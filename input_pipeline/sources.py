@@ -28,7 +28,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from input_pipeline.data_split import DataSplit, as_rgb_uint8  # also used as `sources.<name>`
-from input_pipeline.locate import BUILT_NAMES, _builder, _stamp, build_metadata, dataset_dir
+from input_pipeline.locate import (
+    BUILT_NAMES,
+    _builder,
+    _stamp,
+    build_metadata,
+    check_records,
+    dataset_dir,
+    open_builder,
+)
 from spmix_jax.errors import UserError
 
 # Every value config.data.name may take (see the module docstring).
@@ -152,7 +160,7 @@ def get_split(data_cfg: Any, split: str, require_train: bool = True) -> DataSpli
             "isic2018 or tfds"
         )
     path = dataset_dir(data_cfg)
-    builder = _builder(path)
+    builder = open_builder(data_cfg, path)
     available = list(builder.info.splits)
     has_train = data_cfg.train_split in available
     for name in (split, data_cfg.train_split) if require_train else (split,):
@@ -176,6 +184,7 @@ def get_split(data_cfg: Any, split: str, require_train: bool = True) -> DataSpli
     label_feature = builder.info.features["label"]
     names = tuple(label_feature.names)
     _check_classes(data_cfg, names, path)
+    check_records(data_cfg, path, split)
     labels = split_labels(path, split)
     meta = build_metadata(path)
     if meta is not None and data_cfg.train_split in meta["splits"]:
@@ -205,7 +214,7 @@ def train_class_counts(data_cfg: Any) -> np.ndarray | None:
     if data_cfg.name == "synthetic":
         return get_split(data_cfg, data_cfg.train_split).class_counts
     path = dataset_dir(data_cfg)
-    if data_cfg.train_split not in _builder(path).info.splits:
+    if data_cfg.train_split not in open_builder(data_cfg, path).info.splits:
         return None
     meta = build_metadata(path)
     if meta is not None and data_cfg.train_split in meta["splits"]:
