@@ -36,6 +36,7 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
+from spmix_jax.errors import NotFoundError, UserError
 from spmix_jax.models import decode_variant, make_model
 
 LAYOUTS = {
@@ -81,8 +82,14 @@ def _known_layouts() -> str:
     return "; ".join(LAYOUTS.values())
 
 
-def _unknown_layout(path: str, why: str) -> ValueError:
-    return ValueError(f"{path}: {why}; no known layout matches. Known layouts: {_known_layouts()}.")
+class PretrainedError(UserError):
+    """A `model.init_from` that cannot be read or does not fit the model; the message names it."""
+
+
+def _unknown_layout(path: str, why: str) -> PretrainedError:
+    return PretrainedError(
+        f"{path}: {why}; no known layout matches. Known layouts: {_known_layouts()}."
+    )
 
 
 # --- timm (.safetensors) ----------------------------------------------------------------------
@@ -223,7 +230,7 @@ def _from_safetensors(path: str, data: bytes, heads: int) -> Converted:
     try:
         sd = dict(safetensors.numpy.load(data))
     except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
-        raise ValueError(f"{path}: not a readable .safetensors file ({e}).") from e
+        raise _unknown_layout(path, f"not a readable .safetensors file ({e})") from e
     out: dict[Key, Entry] = {}
     ignored: list[str] = []
     if "patch_embed.backbone.conv1.0.weight" in sd and "patch_embed.proj.weight" in sd:
@@ -241,7 +248,7 @@ def _from_safetensors(path: str, data: bytes, heads: int) -> Converted:
     else:
         raise _unknown_layout(path, f"its keys ({', '.join(sorted(sd)[:5])}, ...) are not timm's")
     if odd:
-        raise ValueError(
+        raise PretrainedError(
             f"{path}: layout {layout!r} but {len(odd)} keys have no place in this model, first "
             f"{odd[:5]} (unsupported options such as layer scale or q/k norm?)."
         )
@@ -281,7 +288,7 @@ def _from_npz(path: str, data: bytes) -> Converted:
         with np.load(io.BytesIO(data), allow_pickle=False) as f:
             arrays = {k: np.asarray(f[k]) for k in f.files}
     except Exception as e:  # noqa: BLE001  (zipfile / numpy raise many error types)
-        raise ValueError(f"{path}: not a readable .npz file ({e}).") from e
+        raise _unknown_layout(path, f"not a readable .npz file ({e})") from e
     prefix, layout = None, ""
     for p, name in (
         ("params/", "big_vision npz"),
@@ -343,7 +350,9 @@ def _from_npz(path: str, data: bytes) -> Converted:
         else:
             odd.append(key)
     if odd:
-        raise ValueError(f"{path}: layout {layout!r} but keys {odd[:5]} have no place in a ViT.")
+        raise PretrainedError(
+            f"{path}: layout {layout!r} but keys {odd[:5]} have no place in a ViT."
+        )
     if layout == "big_vision npz":
         optional.add(("params", "backbone", "cls"))  # GAP / MAP models have no CLS token
     return Converted(layout, out, ignored, {"vit"}, optional)
@@ -384,7 +393,9 @@ def _from_checkpoint(path: str, init_heads: bool) -> Converted:
         )
         state = jax.device_get(checkpointer.restore(state_dir, target))
     except Exception as e:  # noqa: BLE001  (orbax / tensorstore raise many error types)
-        raise ValueError(f"{path}: could not restore the checkpoint at {state_dir} ({e}).") from e
+        raise PretrainedError(
+            f"{path}: could not restore the checkpoint at {state_dir} ({e})."
+        ) from e
     if not isinstance(state, dict) or "backbone" not in (state.get("params") or {}):
         raise _unknown_layout(path, f"{state_dir} has no params/backbone")
     parts = {"vit"}
@@ -398,7 +409,7 @@ def _from_checkpoint(path: str, init_heads: bool) -> Converted:
         for name in wanted:
             if name not in tree:
                 if col == "params":
-                    raise ValueError(f"{path}: the checkpoint has no params/{name}.")
+                    raise PretrainedError(f"{path}: the checkpoint has no params/{name}.")
                 continue
             for sub, v in traverse_util.flatten_dict(tree[name]).items():
                 key = (col, name, *sub)
@@ -431,7 +442,7 @@ def resample_pos_embedding(pos: np.ndarray, tokens: int) -> np.ndarray:
     """
     g_old, g_new = _grid(pos.shape[1]), _grid(tokens)
     if g_old is None or g_new is None:
-        raise ValueError(f"cannot resample position embedding {pos.shape} to {tokens} tokens")
+        raise PretrainedError(f"cannot resample position embedding {pos.shape} to {tokens} tokens")
     d = pos.shape[-1]
     grid = jnp.asarray(pos[0, 1:], jnp.float32).reshape(g_old, g_old, d)
     grid = jax.image.resize(grid, (g_new, g_new, d), "bilinear", antialias=False)
@@ -469,7 +480,7 @@ def _apply(
     for key, entry in conv.entries.items():
         name = "/".join(key)
         if key not in flat:
-            raise ValueError(
+            raise PretrainedError(
                 f"{path}: {entry.source} (shape {entry.source_shape}) maps to {name}, which "
                 f"model.variant={variant!r} does not have (another depth or variant?)."
             )
@@ -482,7 +493,7 @@ def _apply(
         if tuple(value.shape) != want:
             converted = tuple(value.shape)
             as_ours = f" (converted: {converted})" if converted != entry.source_shape else ""
-            raise ValueError(
+            raise PretrainedError(
                 f"{path}: shape mismatch for parameter {name} (from {entry.source}): the file "
                 f"has {entry.source_shape}{as_ours}, model.variant={variant!r} needs {want}."
             )
@@ -491,7 +502,7 @@ def _apply(
         k for k in flat if _part(k) in conv.parts and k not in new and k not in conv.optional
     ]
     if missing:
-        raise ValueError(
+        raise PretrainedError(
             f"{path}: layout {conv.layout!r} fills {sorted(conv.parts)} of "
             f"model.variant={variant!r} but lacks {len(missing)} of its arrays, first "
             f"{'/'.join(missing[0])} (another depth or variant?)."
@@ -514,7 +525,7 @@ def read(path: str, variant: str, init_heads: bool = False) -> Converted:
     """Reads and converts `path` (any known layout); raises naming the file on any problem."""
     p = epath.Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"model.init_from={path!r}: no such file or directory.")
+        raise NotFoundError(f"model.init_from={path!r}: no such file or directory.")
     heads = decode_variant(variant).num_heads
     if p.is_dir():
         conv = _from_checkpoint(path, init_heads)
@@ -526,14 +537,18 @@ def read(path: str, variant: str, init_heads: bool = False) -> Converted:
         }
         if suffix not in readers:
             raise _unknown_layout(path, f"unknown file type {suffix or '(none)'!r}")
-        conv = readers[suffix](p.read_bytes())
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise PretrainedError(f"model.init_from={path!r} cannot be read: {e}") from e
+        conv = readers[suffix](data)
     if init_heads and "heads" not in conv.parts:
-        raise ValueError(
+        raise PretrainedError(
             f"{path}: model.init_heads=True needs a checkpoint of this project; a "
             f"{conv.layout!r} file has no SPMix heads."
         )
     if "trunk" in conv.parts and not decode_variant(variant).hybrid:
-        raise ValueError(
+        raise PretrainedError(
             f"{path}: layout {conv.layout!r} holds a ResNet-D trunk but model.variant="
             f"{variant!r} has none; use a hybrid variant such as 'R50d+timm_small/16'."
         )
