@@ -30,8 +30,8 @@ from absl import app, flags, logging
 from etils import epath
 
 from configs.common import ISIC_CLASSES
-from input_pipeline import builders
-from input_pipeline.builders import base, folder_csv, isic2018
+from input_pipeline import build_lock, builders
+from input_pipeline.builders import base, folder_csv, image_files, isic2018
 from input_pipeline.builders.csv_layout import DataError
 from spmix_jax import cli
 
@@ -55,6 +55,7 @@ def make_builder(
     holdout_per_class: int | None = None,
     skip_bad: bool = False,
     num_threads: int = 0,
+    max_image_mb: int = image_files.DEFAULT_MAX_IMAGE_MB,
 ) -> tfds.core.DatasetBuilder:
     """The (not yet prepared) builder for these parameters; `builder.data_dir` is its target."""
     config = config or builders.DEFAULT_CONFIGS.get(builder, "")
@@ -73,14 +74,22 @@ def make_builder(
             short_side=short_side,
         )
         return folder_csv.FolderCsv(
-            config=cfg, data_dir=data_dir, skip_bad=skip_bad, num_threads=num_threads
+            config=cfg,
+            data_dir=data_dir,
+            skip_bad=skip_bad,
+            num_threads=num_threads,
+            max_image_mb=max_image_mb,
         )
     if builder == "isic2018":
         if short_side:
             raise ValueError("isic2018 takes its image size from the config name (short<N>)")
         cfg = isic2018.isic2018_config(config, holdout_per_class=holdout_per_class, seed=seed)
         return isic2018.Isic2018(
-            config=cfg, data_dir=data_dir, skip_bad=skip_bad, num_threads=num_threads
+            config=cfg,
+            data_dir=data_dir,
+            skip_bad=skip_bad,
+            num_threads=num_threads,
+            max_image_mb=max_image_mb,
         )
     raise ValueError(f"unknown builder {builder!r}; expected one of {sorted(builders.BUILDERS)}")
 
@@ -90,7 +99,13 @@ def _read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     meta = epath.Path(path) / "metadata.json"
     if not meta.exists():
         return None
-    return json.loads(meta.read_text())
+    try:
+        return json.loads(meta.read_text())
+    except ValueError as e:  # truncated or overwritten: rebuilding is the only fix
+        raise DataError(
+            f"{meta}: not readable JSON ({e}); the built dataset is damaged. Rebuild it by "
+            "running the same build command with --overwrite."
+        ) from None
 
 
 def _stored_params(path: epath.Path) -> dict[str, Any] | None:
@@ -123,6 +138,19 @@ def build_dataset(
             f"{manual_dir!r}.\n{isic2018.Isic2018.MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
     ds_builder = make_builder(builder, data_dir, manual_dir=manual_dir, **kwargs)
+    # A second build of the same dataset waits here, then reuses the first one's result.
+    with build_lock.hold(os.fspath(ds_builder.data_dir)):
+        return _build_or_reuse(ds_builder, builder, data_dir, manual_dir, overwrite, kwargs)
+
+
+def _build_or_reuse(
+    ds_builder: tfds.core.DatasetBuilder,
+    builder: str,
+    data_dir: str,
+    manual_dir: str,
+    overwrite: bool,
+    kwargs: dict[str, Any],
+) -> str:
     target = epath.Path(ds_builder.data_dir)
     _recover_interrupted_swap(target)
     if target.exists() and not overwrite:
@@ -382,6 +410,13 @@ def define_flags() -> None:
         "duplicates, missing files) out and count them in the report instead of "
         "stopping.",
     )
+    flags.DEFINE_integer(
+        "max_image_mb",
+        image_files.DEFAULT_MAX_IMAGE_MB,
+        "Largest image file read, in MiB; a bigger file (or one that is not a regular file: a "
+        "named pipe, a device) is a bad item.",
+        lower_bound=1,
+    )
     flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.")
     flags.DEFINE_integer(
         "num_threads", 0, "Threads for decoding/encoding (0: CPU count, at most 16)."
@@ -405,6 +440,7 @@ def main(argv: Sequence[str]) -> None:
         skip_bad=FLAGS.skip_bad,
         overwrite=FLAGS.overwrite,
         num_threads=FLAGS.num_threads,
+        max_image_mb=FLAGS.max_image_mb,
     )
     if name == "folder_csv":
         kwargs.update(
