@@ -86,7 +86,8 @@ def save(
         items["data"] = iterator_state.checkpoint_save_args(data_iter)
     if run is not None:
         items[RUN_ITEM] = ocp.args.JsonSave(run)
-    with _disk_full_is_a_user_error(manager):
+    with _folder_deleted_is_a_user_error(manager), _disk_full_is_a_user_error(manager):
+        _notice_deleted_steps(manager, step)
         manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
         if wait:
             manager.wait_until_finished()
@@ -94,7 +95,7 @@ def save(
 
 def wait(manager: ocp.CheckpointManager) -> None:
     """Waits for the background writes of `manager`; a full disk becomes `DiskFullError`."""
-    with _disk_full_is_a_user_error(manager):
+    with _folder_deleted_is_a_user_error(manager), _disk_full_is_a_user_error(manager):
         manager.wait_until_finished()
 
 
@@ -142,6 +143,85 @@ def _disk_full_is_a_user_error(manager: ocp.CheckpointManager) -> Iterator[None]
             f"device); {kept}. Free space there (or move the workdir) and rerun the same "
             "command to resume from it.",
         ) from error
+
+
+def _missing_steps(manager: ocp.CheckpointManager) -> list[int]:
+    """Steps the manager saved whose folders are gone."""
+    directory = epath.Path(manager.directory)
+    return [s for s in manager.all_steps() if not (directory / str(s)).exists()]
+
+
+def _lost_folder(error: BaseException, manager: ocp.CheckpointManager) -> bool:
+    """True when `error` of a save comes from its folder deleted under it: steps it saved are
+    gone, or the error (or one it was raised from) is a file missing under the folder."""
+    directory = epath.Path(manager.directory)
+    if not directory.exists() or _missing_steps(manager):
+        return True
+    root = os.path.abspath(os.fspath(directory)) + os.sep
+    cause: BaseException | None = error
+    for _ in range(10):
+        if cause is None:
+            break
+        if isinstance(cause, FileNotFoundError) and os.path.abspath(
+            str(cause.filename or "")
+        ).startswith(root):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _folder_deleted_is_a_user_error(manager: ocp.CheckpointManager) -> Iterator[None]:
+    """The folder deleted while the last checkpoint was written into it (in the background)
+    stops the run with one message instead of orbax's traceback. That checkpoint is not kept:
+    orbax only lists a step once its temporary folder was renamed complete."""
+    try:
+        yield
+    except Exception as error:
+        if "://" in str(manager.directory) or not _lost_folder(error, manager):
+            raise
+        directory = epath.Path(manager.directory)
+        steps = complete_steps(directory)
+        left = f"steps {steps} are there" if steps else "no checkpoint is left there"
+        raise UserError(
+            f"{directory} was deleted while a checkpoint was being written into it; the run "
+            f"stops without that checkpoint and {left}. Rerun the same command to resume from "
+            "the newest one (from the start when none is left)."
+        ) from error
+
+
+def _notice_deleted_steps(manager: ocp.CheckpointManager, step: int) -> None:
+    """Says so when the manager's folder, or steps it saved, vanished during the run, and
+    goes on saving there.
+
+    Orbax creates the folder again at the next save and writes that step whole, but it still
+    counts the deleted steps as kept, and a save that was in flight when the folder vanished
+    fails; reloading makes its list (and which step is the latest to resume from) the one on
+    disk again.
+    """
+    directory = epath.Path(manager.directory)
+    if "://" in str(directory):
+        return  # object stores: listing them on every save costs requests
+    failed = False
+    try:
+        manager.wait_until_finished()  # the save would wait for the previous one anyway
+    except Exception as error:
+        if not _lost_folder(error, manager):
+            raise
+        failed = True
+    gone = _missing_steps(manager)
+    if not gone and not failed:
+        return
+    what = f"{directory} was" if not directory.exists() else f"step(s) {gone} in {directory} were"
+    unsaved = "; the checkpoint being written then is lost" if failed else ""
+    message = (
+        f"{what} deleted while the run trained{unsaved}; saving step {step} there now, and a "
+        "rerun resumes from the newest step saved."
+    )
+    logging.warning("%s", message)
+    if jax.process_index() == 0:
+        print(f"warning: {message}", flush=True)
+    manager.reload()
 
 
 def restore(
