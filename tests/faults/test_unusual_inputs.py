@@ -8,7 +8,6 @@ import unicodedata
 
 import numpy as np
 import pytest
-from etils import epath
 from PIL import Image
 
 from configs import tiny
@@ -130,18 +129,18 @@ def test_workdir_that_is_a_file_is_refused(tmp_path, monkeypatch):
 
 def _failing_reads(monkeypatch, failures: int | None) -> list[str]:
     """Image reads raise EIO `failures` times (None: always); returns the names read."""
-    path_type = type(epath.Path("/"))
-    real = path_type.read_bytes
+    real = image_files._read_regular_file
     calls: list[str] = []
 
-    def read_bytes(self):
-        if self.name == "img_3_1.png":
-            calls.append(self.name)
+    def read_file(ref, limit):
+        name = os.path.basename(ref.path)
+        if name == "img_3_1.png":
+            calls.append(name)
             if failures is None or len(calls) <= failures:
-                raise OSError(errno.EIO, "Input/output error", os.fspath(self))
-        return real(self)
+                raise OSError(errno.EIO, "Input/output error", ref.path)
+        return real(ref, limit)
 
-    monkeypatch.setattr(path_type, "read_bytes", read_bytes)
+    monkeypatch.setattr(image_files, "_read_regular_file", read_file)
     monkeypatch.setattr(image_files, "RETRY_DELAYS_S", (0.0, 0.0, 0.0))
     return calls
 
