@@ -236,6 +236,8 @@ def parse_label_rows(
                 f"layout '{expected_one_hot}' or '{header[image_col]},label'"
             )
         class_cols = [header.index(c) for c in class_names]
+    # Columns read; a line break inside another (ignored) quoted column is legitimate CSV.
+    used = [image_col, *class_cols, *(c for c in (label_col, lesion_col) if c is not None)]
 
     rows: list[LabelRow] = []
     problems: list[Problem] = []
@@ -243,7 +245,8 @@ def parse_label_rows(
     for line, fields in _records(reader, source):
         if _is_blank(fields):
             continue
-        quote = _unclosed_quote(fields, line, reader.line_num)
+        read = fields if len(fields) != len(header) else [fields[i] for i in used]
+        quote = _unclosed_quote(read, line, reader.line_num)
         if quote or len(fields) != len(header):
             problems.append(
                 Problem(
@@ -309,8 +312,11 @@ def parse_lesion_rows(lines: Iterable[str], source: str) -> tuple[dict[str, str]
     for line, fields in _records(reader, source):
         if _is_blank(fields):
             continue
-        quote = _unclosed_quote(fields, line, reader.line_num)
-        if quote or len(fields) <= max(image_col, lesion_col):
+        short = len(fields) <= max(image_col, lesion_col)
+        whole = short or len(fields) != len(header)  # then any field may hold the quote
+        read = fields if whole else [fields[image_col], fields[lesion_col]]
+        quote = _unclosed_quote(read, line, reader.line_num)
+        if quote or short:
             problems.append(
                 Problem(
                     "malformed_row",

@@ -63,3 +63,18 @@ def test_huge_field_names_file_and_line_through_the_command(tmp_path):
     assert error.startswith(f"error: {source / 'labels.csv'}, line 5: the record starting here")
     assert "field larger than field limit" in error and "quote" in error
     assert len(error.splitlines()) == 1
+
+
+def test_line_break_inside_a_quoted_ignored_column_is_valid_csv():
+    rows, problems = csv_layout.parse_label_rows(
+        ["image,label,note\n", 'a,NV,"two\n', 'lines"\n', "b,MEL,x\n"],
+        "labels.csv",
+        ("MEL", "NV"),
+        ignore_columns=("note",),
+    )
+    assert problems == []
+    assert [(r.image_id, r.label, r.line) for r in rows] == [("a", 1, 2), ("b", 0, 4)]
+    lesions, problems = csv_layout.parse_lesion_rows(
+        ["image_id,lesion_id,note\n", 'a,L1,"two\n', 'lines"\n', "b,L2,x\n"], "metadata.csv"
+    )
+    assert problems == [] and lesions == {"a": "L1", "b": "L2"}
