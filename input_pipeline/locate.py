@@ -160,20 +160,19 @@ def _shard_problem(path: str, stamp: int, split: str) -> tuple[str, str] | None:
     from array_record.python import array_record_module
 
     info = _builder(path).info.splits[split]
-    for file, expected in zip(info.filepaths, info.shard_lengths, strict=True):
+    for filepath, expected in zip(info.filepaths, info.shard_lengths, strict=True):
+        file = os.fspath(filepath)
         try:
-            reader = array_record_module.ArrayRecordReader(os.fspath(file))
+            reader = array_record_module.ArrayRecordReader(file)
             try:
                 count = reader.num_records()
             finally:
                 reader.close()
         except Exception as e:  # array_record raises RuntimeError/ValueError for broken files
             reason = (str(e).splitlines() or [type(e).__name__])[0]
-            return os.fspath(file), f"not a readable record file ({reason})"
+            return file, f"not a readable record file ({reason})"
         if count != expected:
-            return os.fspath(
-                file
-            ), f"holds {count} readable records, the dataset recorded {expected}"
+            return file, f"holds {count} readable records, the dataset recorded {expected}"
     return None
 
 
