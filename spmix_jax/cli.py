@@ -63,7 +63,15 @@ def run(main: Callable[..., Any], module_name: str) -> None:
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
-    """absl's flag parsing, with an unknown `--config.x.y` override as one message."""
+    """absl's flag parsing, with the config found by path or shipped name, and a missing
+    config, a failing `get_config` or an unknown `--config.x.y` override as one message."""
+    from spmix_jax import config_files
+
+    try:
+        argv = config_files.resolve_in_argv(argv)
+    except UserError as error:
+        report_user_error(error)
+        sys.exit(USER_ERROR_EXIT_CODE)
     try:
         return app.parse_flags_with_usage(list(argv))
     except (AttributeError, KeyError) as error:  # raised by ml_collections for unknown fields
