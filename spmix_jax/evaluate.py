@@ -172,8 +172,15 @@ def with_recorded_config(
     """`config` with the model / data / view settings the run in `workdir` recorded.
 
     `overrides` (the `--config.*` flags given) win over the record. Without a checkpoint the
-    workdir's config.json is used; without either, `config` is returned as it is.
+    workdir's config.json is used; without either, `config` is returned as it is. A missing
+    dataset is built only from a `data.source_dir` given in `overrides`: neither the training
+    folder the run recorded nor a config's default may stand in for a mistyped `data_dir`.
     """
+    overrides = dict(overrides or {})
+    if "data.source_dir" not in overrides:
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.data.source_dir = ""
+        overrides["data.source_dir"] = ""
     try:
         manager, step = checkpointing.resolve_step(workdir, config.eval.checkpoint)
         recorded = _recorded_config(manager, step, workdir)
@@ -233,6 +240,13 @@ def run(
     """
     check_config(config)
     mesh = sharding.make_mesh()
+    if not split_name and not config.eval.split and mode == "predict" and config.data.test_split:
+        split_name = config.data.test_split  # predictions are for held-out images
+        if jax.process_index() == 0:
+            print(
+                f"Predicting the {split_name} split (--config.eval.split=NAME for another).",
+                flush=True,
+            )
     split_name = split_name or config.eval.split or config.data.eval_split
     variables, step = restore_variables(config, workdir, mesh)
     split = sources.get_split(config.data, split_name, require_train=False)
