@@ -63,10 +63,8 @@ def export_classifier(classifier: Any, out_dir: str | os.PathLike) -> str:
         exp = export.export(jax.jit(flat_forward))(*specs)
     with open(os.path.join(out_dir, exported.MODEL_FILE), "wb") as f:
         f.write(exp.serialize())
-    np.savez(
-        os.path.join(out_dir, exported.PARAMS_FILE),
-        **{f"arg{i}": x for i, x in enumerate(host_leaves)},
-    )
+    arrays: dict[str, Any] = {f"arg{i}": x for i, x in enumerate(host_leaves)}
+    np.savez(os.path.join(out_dir, exported.PARAMS_FILE), **arrays)
     settings = augment.ViewSettings.from_config(classifier.config.augment)
     info = {
         "class_names": list(classifier.class_names),
@@ -81,9 +79,9 @@ def export_classifier(classifier: Any, out_dir: str | os.PathLike) -> str:
         "checkpoint_step": int(classifier.step),
         "platforms": list(exp.platforms),
     }
-    with open(os.path.join(out_dir, exported.INFO_FILE), "w") as f:
-        json.dump(info, f, indent=2)
-        f.write("\n")
+    with open(os.path.join(out_dir, exported.INFO_FILE), "w") as info_file:
+        json.dump(info, info_file, indent=2)
+        info_file.write("\n")
     return out_dir
 
 

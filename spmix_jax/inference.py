@@ -140,7 +140,7 @@ class Classifier:
         return make_model(self.config)
 
     @functools.cached_property
-    def _forward(self) -> Callable[[Any, jax.Array], jax.Array]:
+    def _forward(self) -> Callable[[Any, Any], jax.Array]:
         return jax.jit(probabilities_fn(self.config, self.model))
 
     def preprocess(self, images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
@@ -214,7 +214,7 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[str]:
     exist is a UserError naming it.
     """
     found: list[str] = []
-    for path in map(os.fspath, paths):
+    for path in (os.fspath(p) for p in paths):
         if os.path.isdir(path):
             inside = []
             for root, dirs, files in os.walk(path):
