@@ -354,9 +354,26 @@ def final_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
                 print(f"No test evaluation: {error}")
     if chief:
         sel = results[selection]
+        _write_final_scalars(workdir, results)
         line = f"Checkpoint step {sel['step']} (chosen by {selection} balanced accuracy): "
         if test in results:
             line += f"test balanced accuracy {results[test]['balanced_accuracy']:.4f}; "
         line += f"{selection} (selection split) {sel['balanced_accuracy']:.4f}"
         print(line, flush=True)
     return results
+
+
+FINAL_SCALARS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro")
+
+
+def _write_final_scalars(workdir: str, results: dict[str, dict[str, Any]]) -> None:
+    """The final report in TensorBoard too: `final_<split>/<metric>` at the chosen step."""
+    from clu import metric_writers
+
+    writer = metric_writers.SummaryWriter(workdir)
+    for split_name, result in results.items():
+        scalars = {
+            f"final_{split_name}/{k}": result[k] for k in FINAL_SCALARS if result.get(k) is not None
+        }
+        writer.write_scalars(int(result["step"]), scalars)
+    writer.close()
