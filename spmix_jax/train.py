@@ -327,7 +327,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
             last_eval = evaluate.evaluate_split(config, variables, eval_split, mesh, eval_step)
             scalars = {
                 f"val/{k}": last_eval[k]
-                for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro")
+                for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "loss")
                 if last_eval.get(k) is not None
             }
             writer.write_scalars(step, {**scalars, **_detail_scalars(last_eval)})
