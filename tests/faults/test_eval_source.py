@@ -2,6 +2,7 @@
 training run's folder), and a dataset is compared with its own source for staleness."""
 
 import os
+import subprocess
 
 import jax
 import pytest
@@ -72,3 +73,32 @@ def test_eval_only_folder_is_not_compared_with_the_training_folder(tmp_path, cap
     sources.get_split(config.data, "test", require_train=False)
     out = capsys.readouterr().out
     assert f"the dataset at {path} is older than its source {new_src}" in out
+
+
+@pytest.mark.slow
+def test_eval_command_with_a_mistyped_data_dir_builds_nothing(tmp_path):
+    train_src = helpers.make_source(tmp_path / "train_src")
+    _recorded_run(tmp_path / "run", _folder_config(tmp_path / "tfds", train_src))
+    typo = tmp_path / "tfsd"
+    done = subprocess.run(
+        [
+            helpers.python(),
+            "-m",
+            "spmix_jax.main",
+            "--config=tiny",
+            f"--workdir={tmp_path / 'run'}",
+            "--mode=eval",
+            "--config.eval.checkpoint=latest",
+            f"--config.data.data_dir={typo}",
+        ],
+        cwd=tmp_path,
+        env=helpers.subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"at {typo}/folder_csv/default: not built yet" in errors[0]
+    assert not any(tmp_path.glob("run/eval_*.json"))
+    assert not typo.exists() or not any(typo.rglob("*.array_record*"))
