@@ -1,4 +1,5 @@
-"""What the two commands (`spmix-train`, `spmix-build-data`) share around absl's `app.run`.
+"""What the commands (`spmix-train`, `spmix-build-data`, `spmix-predict`, `spmix-export`) share
+around absl's `app.run`.
 
 - `--help` lists the program's flags also when it runs as an installed console script: absl
   shows the flags of the module named by `sys.argv[0]`, which for a console script is the
