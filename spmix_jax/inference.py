@@ -143,6 +143,10 @@ class Classifier:
     def _forward(self) -> Callable[[Any, Any], jax.Array]:
         return jax.jit(probabilities_fn(self.config, self.model))
 
+    @functools.cached_property
+    def _explain(self) -> Callable[..., Any]:
+        return jax.jit(explain_fn(self.config, self.model))
+
     def preprocess(self, images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
         """uint8 (N, S, S, 3): the evaluation's host preprocessing of each image."""
         return np.stack([read_image(im, self.image_size) for im in as_image_list(images)])
@@ -165,13 +169,12 @@ class Classifier:
         The input-gradient saliency training uses (`saliency.gradient`), of the logit of
         `classes` over the evaluation view of each preprocessed square.
         """
-        fn = jax.jit(explain_fn(self.config, self.model))
         maps, views = [], []
         for part in batches(len(squares), self.batch_size):
             n = part.stop - part.start
             x = pad_batch(squares[part], self.batch_size)
             c = pad_batch(np.asarray(classes[part], np.int32), self.batch_size)
-            m, v = fn(self.variables, x, c)
+            m, v = self._explain(self.variables, x, c)
             maps.append(np.asarray(m)[:n])
             views.append(np.asarray(v)[:n])
         return np.concatenate(maps), np.concatenate(views)
