@@ -181,3 +181,13 @@ def test_predict_command_writes_csv_and_overlays_from_anywhere(run_dir, tmp_path
     rows = list(csv.reader(open(tmp_path / "p.csv")))
     assert len(rows) == 5 and rows[0][0] == "image" and rows[0][-2:] == ["predicted", "confidence"]
     assert len(os.listdir(tmp_path / "overlays")) == 4
+
+
+def test_predict_mode_defaults_to_the_test_split_and_says_so(run_dir, capsys):
+    config = tiny.get_config()
+    config.eval.checkpoint = "latest"
+    result = evaluate.run(config, os.fspath(run_dir), "predict")
+    out = capsys.readouterr().out
+    assert "Predicting the test split (--config.eval.split=NAME for another)" in out
+    assert os.path.basename(result["path"]) == "predict_synthetic-s0_test_2.csv"
+    assert result["num_examples"] == len(sources.get_split(config.data, "test").labels)
