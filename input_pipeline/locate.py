@@ -200,16 +200,22 @@ _stale_warned: dict[tuple[str, int, str], str] = {}
 
 
 def _warn_if_stale(data_cfg: Any, path: str) -> None:
-    """Warns when `data.source_dir` changed since the dataset was built from it: training
-    would silently use the old images or labels. The same finding is reported once."""
-    source_dir = data_cfg.source_dir
-    if not source_dir or not os.path.isdir(source_dir):
-        return
-    open_builder(data_cfg, path)  # a damaged dataset is refused, naming the rebuild
+    """Warns when the dataset's source changed since the dataset was built from it: training
+    would silently use the old images or labels. The same finding is reported once.
+
+    The source is the folder the dataset recorded when built (another dataset's folder, e.g.
+    the training folder of a run evaluated on a new one, says nothing about it); only when that
+    folder is gone is `data.source_dir` taken as the source moved elsewhere."""
     meta = build_metadata(path)
     stored = None if meta is None else meta.get("source_fingerprint")
     if not stored:  # built before fingerprints were recorded
         return
+    source_dir = stored.get("source_dir") or ""
+    if not os.path.isdir(source_dir):
+        source_dir = data_cfg.source_dir
+    if not source_dir or not os.path.isdir(source_dir):
+        return
+    open_builder(data_cfg, path)  # a damaged dataset is refused, naming the rebuild
     from input_pipeline.builders import fingerprint
 
     changed = fingerprint.changes(stored, source_dir)

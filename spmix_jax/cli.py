@@ -1,4 +1,5 @@
-"""What the two commands (`spmix-train`, `spmix-build-data`) share around absl's `app.run`.
+"""What the commands (`spmix-train`, `spmix-build-data`, `spmix-predict`, `spmix-export`) share
+around absl's `app.run`.
 
 - `--help` lists the program's flags also when it runs as an installed console script: absl
   shows the flags of the module named by `sys.argv[0]`, which for a console script is the
@@ -63,7 +64,15 @@ def run(main: Callable[..., Any], module_name: str) -> None:
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
-    """absl's flag parsing, with an unknown `--config.x.y` override as one message."""
+    """absl's flag parsing, with the config found by path or shipped name, and a missing
+    config, a failing `get_config` or an unknown `--config.x.y` override as one message."""
+    from spmix_jax import config_files
+
+    try:
+        argv = config_files.resolve_in_argv(argv)
+    except UserError as error:
+        report_user_error(error)
+        sys.exit(USER_ERROR_EXIT_CODE)
     try:
         return app.parse_flags_with_usage(list(argv))
     except (AttributeError, KeyError) as error:  # raised by ml_collections for unknown fields

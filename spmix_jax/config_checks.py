@@ -115,6 +115,7 @@ def _check_config(config: ml_collections.ConfigDict, *, num_devices: int | None)
 # divide by zero in the loop, a zero learning rate trains nothing, no kept checkpoint resumes
 # nothing). (field, lowest, highest, lowest allowed itself).
 RANGES: tuple[tuple[str, float, float, bool], ...] = (
+    ("seed", 0, 2**32 - 1, True),  # numpy and grain seeds are unsigned 32-bit
     ("optim.base_lr", 0.0, math.inf, False),
     ("optim.base_batch", 1, math.inf, True),
     ("optim.total_steps", 0, math.inf, True),

@@ -86,7 +86,7 @@ def evaluate_split(
     """
     logits, labels, _ = predict_split(config, variables, split, mesh, eval_fn)
     counts = split.class_counts if isinstance(train_class_counts, str) else train_class_counts
-    return metrics.classification_metrics(
+    result = metrics.classification_metrics(
         logits,
         labels,
         tuple(split.class_names),
@@ -95,6 +95,8 @@ def evaluate_split(
         few_threshold=config.eval.few_threshold,
         from_logits=True,
     )
+    result["loss"] = metrics.cross_entropy(logits, labels)  # plain CE: no prior, no mixing
+    return result
 
 
 def restore_variables(
@@ -172,8 +174,15 @@ def with_recorded_config(
     """`config` with the model / data / view settings the run in `workdir` recorded.
 
     `overrides` (the `--config.*` flags given) win over the record. Without a checkpoint the
-    workdir's config.json is used; without either, `config` is returned as it is.
+    workdir's config.json is used; without either, `config` is returned as it is. A missing
+    dataset is built only from a `data.source_dir` given in `overrides`: neither the training
+    folder the run recorded nor a config's default may stand in for a mistyped `data_dir`.
     """
+    overrides = dict(overrides or {})
+    if "data.source_dir" not in overrides:
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.data.source_dir = ""
+        overrides["data.source_dir"] = ""
     try:
         manager, step = checkpointing.resolve_step(workdir, config.eval.checkpoint)
         recorded = _recorded_config(manager, step, workdir)
@@ -233,6 +242,13 @@ def run(
     """
     check_config(config)
     mesh = sharding.make_mesh()
+    if not split_name and not config.eval.split and mode == "predict" and config.data.test_split:
+        split_name = config.data.test_split  # predictions are for held-out images
+        if jax.process_index() == 0:
+            print(
+                f"Predicting the {split_name} split (--config.eval.split=NAME for another).",
+                flush=True,
+            )
     split_name = split_name or config.eval.split or config.data.eval_split
     variables, step = restore_variables(config, workdir, mesh)
     split = sources.get_split(config.data, split_name, require_train=False)
@@ -340,9 +356,26 @@ def final_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
                 print(f"No test evaluation: {error}")
     if chief:
         sel = results[selection]
+        _write_final_scalars(workdir, results)
         line = f"Checkpoint step {sel['step']} (chosen by {selection} balanced accuracy): "
         if test in results:
             line += f"test balanced accuracy {results[test]['balanced_accuracy']:.4f}; "
         line += f"{selection} (selection split) {sel['balanced_accuracy']:.4f}"
         print(line, flush=True)
     return results
+
+
+FINAL_SCALARS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "loss")
+
+
+def _write_final_scalars(workdir: str, results: dict[str, dict[str, Any]]) -> None:
+    """The final report in TensorBoard too: `final_<split>/<metric>` at the chosen step."""
+    from clu import metric_writers
+
+    writer = metric_writers.SummaryWriter(workdir)
+    for split_name, result in results.items():
+        scalars = {
+            f"final_{split_name}/{k}": result[k] for k in FINAL_SCALARS if result.get(k) is not None
+        }
+        writer.write_scalars(int(result["step"]), scalars)
+    writer.close()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import importlib.util
 import json
 import math
 import os
@@ -60,15 +59,22 @@ COLUMNS = (
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_base_config(base: str) -> Any:
-    """The base config (`path.py[:arg]`), read only for its split names."""
-    path, _, arg = base.partition(":")
-    spec = importlib.util.spec_from_file_location("_suite_base_config", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"Cannot load config file {path!r}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+def load_base_config(base: str, overrides: Sequence[str] = ()) -> Any:
+    """The base config (`path.py[:arg]` or a shipped name), read for its split names; its
+    problems and unknown `--config.*` fields in `overrides` stop the suite before any run,
+    with the trainer's message."""
+    from spmix_jax import config_files
+    from spmix_jax.config_checks import unknown_override
+    from spmix_jax.errors import UserError
+
+    try:
+        config = config_files.load(base)
+        message = unknown_override([f"--config={config_files.resolve(base)}", *overrides])
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from error
+    if message:
+        raise SystemExit(f"error: {message}")
+    return config
 
 
 def method_arg(base: str, method: str) -> str:
@@ -264,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown methods {unknown}; known: {sorted(common.METHODS)}")
     methods = list(dict.fromkeys(m for m, _ in plan))
     runs = [(m, s) for m, ss in plan for s in ss]
-    config = load_base_config(args.base)
+    config = load_base_config(args.base, passthrough)
     test_split, eval_split = config.data.test_split, config.data.eval_split
 
     out = pathlib.Path(args.out)

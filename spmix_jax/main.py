@@ -1,7 +1,8 @@
-"""Entry point: `python -m spmix_jax.main --config=configs/demo.py --workdir=DIR --mode=train`.
+"""Entry point: `python -m spmix_jax.main --config=demo --workdir=DIR --mode=train`.
 
 Modes: train (then evaluate the best checkpoint and draw figures), eval, predict, visualize.
 Config overrides: `--config.input.batch_size=64`, and arguments: `--config=configs/x.py:a=1`.
+A config is a file path or the name of a shipped config (`demo`, `ham10000:method=ce`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ MODES = ("train", "eval", "predict", "visualize")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Config file, optionally with an argument: configs/x.py:arg", lock_config=True
+    "config",
+    None,
+    "Config file or shipped config name, optionally with an argument: configs/x.py:arg, demo, "
+    "ham10000:method=ce. Override any field with --config.FIELD=VALUE (e.g. "
+    "--config.input.batch_size=64); --verbosity=1 shows logs and tracebacks of errors.",
+    lock_config=True,
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, metrics and figures.")
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")

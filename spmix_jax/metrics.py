@@ -30,6 +30,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float | None:
+    """Mean softmax cross-entropy of the labelled rows (label >= 0); None when there are none."""
+    labels = np.asarray(labels)
+    keep = labels >= 0
+    if not keep.any():
+        return None
+    x = np.asarray(logits, dtype=np.float64)[keep]
+    x = x - x.max(axis=-1, keepdims=True)
+    log_probs = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return float(-np.mean(log_probs[np.arange(len(x)), labels[keep].astype(np.int64)]))
+
+
 def average_ranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks of a 1-D array; tied values share the mean of the ranks they span."""
     values = np.asarray(values)

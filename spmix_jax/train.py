@@ -285,6 +285,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             batch = sharding.global_batch(next(train_iter), mesh)
             state, step_metrics = train_step(state, batch)
+        if step == start + 1:  # the first step compiles: steps/s and ETA time the ones after it
+            jax.block_until_ready(state.step)
+            t_last, step_last = time.time(), step
         acc = step_metrics if acc is None else acc.merge(step_metrics)
         for hook in hooks:
             hook(step)
@@ -308,13 +311,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
                 )
             writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
             now = time.time()
-            rate = (step - step_last) / max(now - t_last, 1e-9)  # since the last line
+            timed = step - step_last
+            rate = timed / max(now - t_last, 1e-9)  # since the last line
             t_last, step_last = now, step
             eta = (num_steps - step) / max(rate, 1e-9)
+            speed = f"{rate:.2f} steps/s | ETA {_fmt_time(eta)}" if timed else "compiled"
             print(
                 f"step {step:>6}/{num_steps} | loss {values['loss']:.4f} | acc "
                 f"{values['accuracy']:.3f} | ratio {values['mix_ratio_mean']:.3f} | lr "
-                f"{values['learning_rate']:.2e} | {rate:.2f} steps/s | ETA {_fmt_time(eta)}",
+                f"{values['learning_rate']:.2e} | {speed}",
                 flush=True,
             )
         if do_eval:
@@ -322,7 +327,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
             last_eval = evaluate.evaluate_split(config, variables, eval_split, mesh, eval_step)
             scalars = {
                 f"val/{k}": last_eval[k]
-                for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro")
+                for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "loss")
                 if last_eval.get(k) is not None
             }
             writer.write_scalars(step, {**scalars, **_detail_scalars(last_eval)})

@@ -105,3 +105,10 @@ def test_suite_on_tiny_matches_the_run_jsons(tmp_path, monkeypatch):
     before = (out / "results.csv").read_text()
     assert experiments.main(argv) == 0
     assert (out / "results.csv").read_text() == before
+
+
+def test_misspelt_override_stops_the_suite_before_any_run(tmp_path):
+    args = ["--base=tiny", "--methods=ce", f"--out={tmp_path / 'suite'}", "--config.optim.lrr=1"]
+    with pytest.raises(SystemExit, match="config.optim.lrr: config.optim has no field 'lrr'"):
+        experiments.main(args)
+    assert not (tmp_path / "suite").exists()

@@ -212,3 +212,13 @@ def test_classification_report_text():
     assert f"{527 / 720:.4f}" in next(line for line in lines if line.startswith("macro AUC"))
     with pytest.raises(ValueError, match="per_class"):
         metrics.classification_report({"accuracy": 1.0})
+
+
+def test_cross_entropy_hand_worked_and_unlabelled_rows_skipped():
+    logits = np.array([[0.0, 0.0], [np.log(3.0), 0.0], [5.0, 1.0]])
+    labels = np.array([0, 0, -1])  # -1: no ground truth
+    # -log(1/2) and -log(3/4), averaged
+    assert metrics.cross_entropy(logits, labels) == pytest.approx(
+        (np.log(2.0) + np.log(4.0 / 3.0)) / 2
+    )
+    assert metrics.cross_entropy(logits[2:], labels[2:]) is None

@@ -91,3 +91,37 @@ def test_command_line_prints_one_message(tmp_path, override, expected):
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "spec, override, expected",
+    [
+        ("configs/tiny.py", "--config.seed=-1", "config.seed=-1 must be >= 0"),
+        (
+            "configs/demo.py:stpes=3",
+            "",
+            "config 'configs/demo.py:stpes=3': Unknown config argument "
+            "'stpes'; known: ['method', 'steps', 'variant']",
+        ),  # fmt: skip
+        ("configs/demo.py:steps=0", "", "steps=0: give a positive number of training steps"),
+        ("configs/nope.py", "", "config file 'configs/nope.py' not found"),
+        ("tiny:steps=x", "", "config 'tiny:steps=x': invalid literal for int()"),
+    ],
+)
+def test_config_mistakes_print_one_error_line(tmp_path, spec, override, expected):
+    done = subprocess.run(
+        [helpers.python(), "-m", "spmix_jax.main", f"--config={spec}", f"--workdir={tmp_path}"]
+        + ([override] if override else []),
+        cwd=helpers.REPO,
+        env=helpers.subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert expected in lines[0]
+    if "not found" in expected:
+        assert "demo, ham10000, isic2018, tiny" in lines[0]
+    assert not (tmp_path / "checkpoints").exists()
