@@ -136,7 +136,8 @@ def test_raw_build_states_its_size_and_refuses_a_full_disk(tmp_path, monkeypatch
             num_threads=1,
         )
     out = capsys.readouterr().out
-    want = base.raw_bytes(14, (24, 32)) / 1e9
-    assert f"Raw-pixel storage: {want:.2f} GB for 14 images in a 24x32 frame" in out
+    want = 14 * (24 * 32 * 3 + 512)  # pixels plus the per-record allowance
+    assert base.raw_bytes(14, (24, 32)) == want
+    assert f"Raw-pixel storage: 0.00 GB ({want} bytes) for 14 images in a 24x32 frame" in out
     assert not list((tmp_path / "tfds").rglob("*array_record*"))  # nothing was written
     assert not (tmp_path / "tfds" / "folder_csv" / "default" / "1.0.0").exists()

@@ -219,9 +219,8 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             needed = raw_bytes(sum(len(items) for items in ordered.values()), self._frame)
             frame_text = f"{self._frame[0]}x{self._frame[1]}"
             print(
-                f"Raw-pixel storage: {needed / 1e9:.2f} GB for "
-                f"{sum(len(items) for items in ordered.values())} images in a {frame_text} "
-                f"frame, into {self.data_dir}",
+                f"Raw-pixel storage: {needed / 1e9:.2f} GB ({needed} bytes) for "
+                f"{sum(len(items) for items in ordered.values())} images in a {frame_text} frame",
                 flush=True,
             )
             check_disk_room(os.fspath(self.data_dir), needed)
