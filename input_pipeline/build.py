@@ -196,6 +196,8 @@ def _prepare(ds_builder: tfds.core.DatasetBuilder, manual_dir: str) -> None:
             try_download_gcs=False,
         )
         ds_builder.download_and_prepare(download_dir=scratch, download_config=download_config)
+    if ds_builder.recorded_params().get("storage") == "raw":
+        base.store_uncompressed(ds_builder.data_dir)
 
 
 def _recover_interrupted_swap(target: epath.Path) -> None:
