@@ -12,6 +12,7 @@ rest (file read, sampling, batching, grain). Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -128,17 +129,18 @@ def built_split(
     from configs.common import base_config
     from input_pipeline import build, sources
 
-    path = build.build_dataset(
-        "folder_csv",
-        tfds_root,
-        config=f"{storage}{image_size}",
-        source=jpeg_dir,
-        metadata="none",
-        split_fractions="1",
-        storage=storage,
-        frame_size=image_size,
-        frame_aspect=image_aspect,
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # the build's report; stdout is the JSON
+        path = build.build_dataset(
+            "folder_csv",
+            tfds_root,
+            config=f"{storage}{image_size}",
+            source=jpeg_dir,
+            metadata="none",
+            split_fractions="1",
+            storage=storage,
+            frame_size=image_size,
+            frame_aspect=image_aspect,
+        )
     cfg = base_config()
     cfg.data.name, cfg.data.data_dir = "tfds", path
     cfg.data.image_size = image_size
