@@ -2,8 +2,9 @@
 
 A restarted, resumed or re-evaluated run with the same shapes loads the compiled executables
 from the cache instead of compiling them again (the SPMix step takes over a minute to compile on
-a CPU). `train.compile_cache` says where: `auto` (default) is `$SPMIX_COMPILE_CACHE` when set,
-else `compile_cache/` in the workdir, next to `checkpoints/`; any other path is used as given
+a CPU). `train.compile_cache` says where: `auto` (default) is `$SPMIX_COMPILE_CACHE` when set (else
+JAX's own `$JAX_COMPILATION_CACHE_DIR`), else `compile_cache/` in the workdir, next to
+`checkpoints/`; any other path is used as given
 (a local folder or a `gs://` path); an empty string turns the cache off.
 """
 
@@ -25,7 +26,9 @@ def resolve(setting: str, workdir: str) -> str:
     """The cache folder `train.compile_cache` = `setting` names for `workdir` ('' = off)."""
     if setting != AUTO:
         return setting
-    return os.environ.get(ENV_VAR) or os.path.join(workdir, FOLDER)
+    # A cache the user already gave JAX itself is kept.
+    shared = os.environ.get(ENV_VAR) or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    return shared or os.path.join(workdir, FOLDER)
 
 
 def enable(setting: str, workdir: str) -> str:

@@ -18,7 +18,10 @@ def _cache_off_afterwards():
 
 def test_resolve_auto_env_path_and_off(tmp_path, monkeypatch):
     monkeypatch.delenv(compile_cache.ENV_VAR, raising=False)
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
     assert compile_cache.resolve("auto", "/runs/a") == "/runs/a/compile_cache"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/jax/own")
+    assert compile_cache.resolve("auto", "/runs/a") == "/jax/own"
     monkeypatch.setenv(compile_cache.ENV_VAR, "/shared/cache")
     assert compile_cache.resolve("auto", "/runs/a") == "/shared/cache"
     assert compile_cache.resolve("/elsewhere", "/runs/a") == "/elsewhere"
@@ -36,7 +39,9 @@ def _events():
     return seen, listen
 
 
-def test_a_restart_loads_the_executable_from_the_cache(tmp_path):
+def test_a_restart_loads_the_executable_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv(compile_cache.ENV_VAR, raising=False)
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
     seen, listen = _events()
     try:
         assert compile_cache.enable("auto", str(tmp_path)) == str(tmp_path / "compile_cache")
