@@ -115,7 +115,6 @@ def _final_state(workdir: pathlib.Path):
 def test_killed_and_resumed_run_equals_uninterrupted_run_bitwise(runs):
     assert runs["at_kill"] and max(runs["at_kill"]) < STEPS, runs["at_kill"]
     assert f"Training steps {max(runs['at_kill'])}..{STEPS}" in runs["resumed_out"]
-    assert "data wait" in runs["resumed_out"]  # every progress line reports it
     a, b = _final_state(runs["full"]), _final_state(runs["killed"])
     leaves_a, tree_a = jax.tree.flatten(a)
     leaves_b, tree_b = jax.tree.flatten(b)
