@@ -436,6 +436,8 @@ def main(argv: Sequence[str]) -> None:
     wrong = [f for f in (_ISIC_ONLY if name == "folder_csv" else _FOLDER_ONLY) if FLAGS[f].present]
     if wrong:
         raise app.UsageError(f"--{', --'.join(wrong)} do(es) not apply to --builder={name}")
+    if FLAGS.storage != "raw" and (FLAGS["frame_size"].present or FLAGS["frame_aspect"].present):
+        raise app.UsageError("--frame_size / --frame_aspect apply to --storage=raw only")
     if name == "folder_csv" and not FLAGS.source:
         raise app.UsageError("--builder=folder_csv needs --source")
     if name == "isic2018" and not FLAGS.manual_dir:
