@@ -12,6 +12,7 @@ rest (file read, sampling, batching, grain). Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -95,6 +96,57 @@ def make_jpegs(root: str | os.PathLike, count: int, hw: tuple[int, int] = (450, 
             writer.writerow([f"SYN_{i:07d}", *(float(c == label) for c in range(len(CLASS_NAMES)))])
 
 
+def upscale_jpegs(root: str | os.PathLike, source: str | os.PathLike, count: int) -> None:
+    """Writes `count` 450 x 600 JPEGs (quality 90) upscaled (bicubic) from real images of
+    `source` (a HAM10000-style folder with `images/` and a one-hot `labels.csv`), taken from the
+    classes in turn, with their labels: full-size JPEGs with real lesion content where only a
+    downscaled copy is at hand."""
+    src = JpegFolderSource(source)
+    root = pathlib.Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    with open(root / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", *CLASS_NAMES])
+        by_class = [list(np.flatnonzero(src.labels == k)) for k in range(len(CLASS_NAMES))]
+        order = [c[j] for j in range(len(src)) for c in by_class if j < len(c)]  # round robin
+        for i in order[:count]:
+            record = src[i]
+            image = Image.open(io.BytesIO(record["image"])).convert("RGB")
+            image.resize((600, 450), Image.Resampling.BICUBIC).save(
+                root / "images" / f"{record['image_id']}.jpg", format="JPEG", quality=90
+            )
+            label = int(src.labels[i])
+            writer.writerow(
+                [record["image_id"], *(float(c == label) for c in range(len(CLASS_NAMES)))]
+            )
+
+
+def built_split(
+    jpeg_dir: str, tfds_root: str, storage: str, image_size: int, image_aspect: float
+) -> tuple[DataSplit, str]:
+    """The train split of `jpeg_dir` built (folder_csv, all of it in train) with `storage`; a
+    raw build stores the frame of `image_size` x `image_aspect`."""
+    from configs.common import base_config
+    from input_pipeline import build, sources
+
+    with contextlib.redirect_stdout(sys.stderr):  # the build's report; stdout is the JSON
+        path = build.build_dataset(
+            "folder_csv",
+            tfds_root,
+            config=f"{storage}{image_size}",
+            source=jpeg_dir,
+            metadata="none",
+            split_fractions="1",
+            storage=storage,
+            frame_size=image_size,
+            frame_aspect=image_aspect,
+        )
+    cfg = base_config()
+    cfg.data.name, cfg.data.data_dir = "tfds", path
+    cfg.data.image_size = image_size
+    return sources.get_split(cfg.data, "train"), path
+
+
 def _machine() -> dict[str, Any]:
     model = ""
     try:
@@ -121,12 +173,20 @@ def _machine() -> dict[str, Any]:
 
 
 def _throughput(
-    split: DataSplit, *, workers: int, read_threads: int, image_size: int, batch: int, batches: int
+    split: DataSplit,
+    *,
+    workers: int,
+    read_threads: int,
+    image_size: int,
+    batch: int,
+    batches: int,
+    image_aspect: float = 1.0,
 ) -> dict[str, Any]:
     it = pipeline.make_train_iterator(
         split,
         global_batch_size=batch,
         image_size=image_size,
+        image_aspect=image_aspect,
         seed=0,
         balanced_q=1.0,
         primary="balanced",
@@ -161,19 +221,24 @@ def _throughput(
     }
 
 
-def _time_parts(split: DataSplit, image_size: int, pairs: int) -> dict[str, Any]:
+def _time_parts(
+    split: DataSplit, image_size: int, pairs: int, image_aspect: float = 1.0
+) -> dict[str, Any]:
     """Serial per-pair host time split into JPEG decode, resize and the rest.
 
     The whole pipeline (one thread, no prefetch) and the parts alone run in alternating rounds
-    of one batch each, so that load from other processes weighs on both alike.
+    of one batch each, so that load from other processes weighs on both alike. Raw-pixel
+    records (stored frames) have no decode or resize: only the whole is timed.
     """
     batch = 32
     rounds = max(1, pairs // batch)
     rng = np.random.default_rng(0)
+    raw = "box" in split.source[0]
     it = pipeline.make_train_iterator(
         split,
         global_batch_size=batch,
         image_size=image_size,
+        image_aspect=image_aspect,
         seed=1,
         balanced_q=1.0,
         primary="balanced",
@@ -188,6 +253,8 @@ def _time_parts(split: DataSplit, image_size: int, pairs: int) -> dict[str, Any]
             start = time.perf_counter()
             next(it)
             total += time.perf_counter() - start
+            if raw:
+                continue
             for i in rng.integers(0, len(split.source), size=2 * batch):
                 t0 = time.perf_counter()
                 record = split.source[int(i)]
@@ -213,6 +280,27 @@ def _time_parts(split: DataSplit, image_size: int, pairs: int) -> dict[str, Any]
         "resize_share": round(resize / total, 3),
         "rest_share": round(rest / total, 3),
         "pairs_timed": n,
+    }
+
+
+def _measure(
+    split: DataSplit, args: argparse.Namespace, settings: list[tuple[int, int]]
+) -> dict[str, Any]:
+    """The serial per-pair split and the throughput per worker setting of one split."""
+    return {
+        "parts": _time_parts(split, args.image_size, args.parts_pairs, args.image_aspect),
+        "throughput": [
+            _throughput(
+                split,
+                workers=workers,
+                read_threads=threads,
+                image_size=args.image_size,
+                batch=args.batch,
+                batches=args.batches,
+                image_aspect=args.image_aspect,
+            )
+            for workers, threads in settings
+        ],
     }
 
 
@@ -248,9 +336,27 @@ def main() -> None:
         default=0.0,
         help="the train step's pairs/s (compare_step.py): reports the host cores it needs",
     )
+    parser.add_argument(
+        "--upscale_from",
+        default="",
+        help="first write --make_jpegs 450x600 JPEGs upscaled from this folder's real images "
+        "(e.g. a downscaled HAM10000 copy) into --data_dir, instead of synthetic ones",
+    )
+    parser.add_argument(
+        "--storages",
+        default="",
+        help="comma list of jpeg,raw: also build --data_dir with each storage (folder_csv, "
+        "into --build_dir) and measure each built dataset the same way",
+    )
+    parser.add_argument("--build_dir", default="", help="TFDS root for --storages (default: temp)")
+    parser.add_argument(
+        "--image_aspect", type=float, default=1.0, help="training frame long side / short side"
+    )
     parser.add_argument("--out", default="", help="also write the JSON here")
     args = parser.parse_args()
-    if args.make_jpegs:
+    if args.make_jpegs and args.upscale_from:
+        upscale_jpegs(args.data_dir, args.upscale_from, args.make_jpegs)
+    elif args.make_jpegs:
         make_jpegs(args.data_dir, args.make_jpegs)
 
     from absl import flags
@@ -292,19 +398,28 @@ def main() -> None:
         "image_size": args.image_size,
         "batch": args.batch,
         "machine": _machine(),
-        "parts": _time_parts(split, args.image_size, args.parts_pairs),
-        "throughput": [
-            _throughput(
-                split,
-                workers=workers,
-                read_threads=threads,
-                image_size=args.image_size,
-                batch=args.batch,
-                batches=args.batches,
-            )
-            for workers, threads in settings
-        ],
+        "image_aspect": args.image_aspect,
+        **_measure(split, args, settings),
     }
+    if args.storages:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="spmix_storages_") as scratch:
+            result["storages"] = {}
+            for storage in args.storages.split(","):
+                built, path = built_split(
+                    args.data_dir,
+                    args.build_dir or scratch,
+                    storage,
+                    args.image_size,
+                    args.image_aspect,
+                )
+                files = pathlib.Path(path).glob("*.array_record*")
+                result["storages"][storage] = {
+                    "dataset": path,
+                    "stored_bytes": sum(f.stat().st_size for f in files),
+                    **_measure(built, args, settings),
+                }
     result["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     if args.step_pairs_per_s > 0:
         per_core = result["parts"]["pairs_per_s_one_core"]

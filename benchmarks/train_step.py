@@ -64,6 +64,18 @@ flags.DEFINE_integer("num_batches", 2, "Distinct synthetic batches, used in turn
 flags.DEFINE_string("profile_dir", "", "If set, write a jax.profiler trace of the timed steps.")
 flags.DEFINE_string("output", "", "Also write the JSON report to this path.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host).")
+flags.DEFINE_string(
+    "compile_cache",
+    "",
+    "Persistent compilation cache folder, as train.compile_cache (empty: off).",
+)
+flags.DEFINE_integer(
+    "starts",
+    1,
+    "> 1: run the benchmark this many times, each in a fresh process sharing one compilation "
+    "cache (--compile_cache, else a new temporary folder), and report each start's compile time.",
+    lower_bound=1,
+)
 
 
 def _sig(value: float | None, unit: float) -> float | None:
@@ -188,11 +200,56 @@ def _with(config: ml_collections.ConfigDict, **fields: Any) -> ml_collections.Co
     return new
 
 
+class _CacheEvents:
+    """Counts the persistent cache's hits and misses (jax.monitoring events)."""
+
+    def __init__(self) -> None:
+        self.hits = self.misses = 0
+        jax.monitoring.register_event_listener(self._listen)
+
+    def _listen(self, event: str, **kwargs: Any) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            self.hits += 1
+        elif event == "/jax/compilation_cache/cache_misses":
+            self.misses += 1
+
+
+def _starts(argv: list[str], starts: int, cache: str) -> dict[str, Any]:
+    """Runs this script `starts` times in fresh processes sharing the cache `cache`."""
+    import subprocess
+    import tempfile
+
+    own = [a for a in argv[1:] if not a.startswith(("--starts", "--output", "--compile_cache"))]
+    with tempfile.TemporaryDirectory(prefix="spmix_compile_cache_") as scratch:
+        cache = cache or scratch
+        runs = []
+        for _ in range(starts):
+            out = pathlib.Path(scratch) / "start.json"
+            command = [sys.executable, argv[0], *own, f"--compile_cache={cache}", f"--output={out}"]
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            runs.append(json.loads(out.read_text()))
+    keys = ("lower_s", "compile_s", "cache_files", "cache_hits", "cache_misses")
+    return {
+        **runs[-1],
+        "compile_cache": cache,
+        "starts": [{k: run.get(k) for k in keys} for run in runs],
+    }
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.starts > 1:
+        report = _starts(sys.argv, FLAGS.starts, FLAGS.compile_cache)
+        _emit(report)
+        return
     if FLAGS.distributed:
         jax.distributed.initialize()
+    events = _CacheEvents()
+    if FLAGS.compile_cache:
+        from spmix_jax import compile_cache
+
+        compile_cache.enable(FLAGS.compile_cache, "")
     config = FLAGS.config
     common = dict(
         steps=FLAGS.steps,
@@ -218,6 +275,14 @@ def main(argv: list[str]) -> None:
         report["cases"] = cases
     else:
         report.update(benchmark_step(config, profile_dir=FLAGS.profile_dir, **common))
+    if FLAGS.compile_cache:
+        cache = pathlib.Path(FLAGS.compile_cache)
+        report["cache_files"] = len(list(cache.glob("*"))) if cache.is_dir() else 0
+        report["cache_hits"], report["cache_misses"] = events.hits, events.misses
+    _emit(report)
+
+
+def _emit(report: dict[str, Any]) -> None:
     text = json.dumps(report, indent=2)
     if jax.process_index() == 0:
         print(text, flush=True)

@@ -174,6 +174,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.max_steps_per_run = 0  # > 0: stop after this many steps in one process (testing)
     c.train.profile_steps = 0  # > 0: capture a profiler trace of this many steps (TensorBoard)
     c.train.pairs_every_eval = True  # log a figure of mixed pairs at every periodic evaluation
+    # Persistent compilation cache (spmix_jax/compile_cache.py): auto = $SPMIX_COMPILE_CACHE,
+    # $JAX_COMPILATION_CACHE_DIR or <workdir>/compile_cache; a path; "" = off (restarts reuse it).
+    c.train.compile_cache = "auto"
     c.eval = ml_collections.ConfigDict()
     c.eval.checkpoint = "best"  # latest | best | <step>
     c.eval.split = ""  # "" = data.eval_split

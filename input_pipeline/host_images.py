@@ -96,6 +96,37 @@ def resize_to_frame(
     return np.ascontiguousarray(pixels), np.array([pad_top, pad_left, new_h, new_w], np.int32)
 
 
+def frame_image(
+    image: Any, frame: tuple[int, int], image_id: str = "?"
+) -> tuple[np.ndarray, np.ndarray]:
+    """A record's image (pixels or encoded bytes) in the training frame, and its valid region.
+
+    The one definition of the training frame: the reader applies it per sample to stored
+    JPEGs, and the raw-pixel build applies it once per image, so both storages give the same
+    pixels.
+    """
+    height, width = frame
+    decoded = decode_image(image, max(frame), image_id)
+    if isinstance(decoded, np.ndarray) and decoded.shape[:2] == tuple(frame):
+        return np.ascontiguousarray(decoded), np.array([0, 0, height, width], np.int32)
+    return resize_to_frame(decoded, height, width)
+
+
+def reframe(
+    pixels: np.ndarray, box: np.ndarray, frame: tuple[int, int], image_id: str = "?"
+) -> tuple[np.ndarray, np.ndarray]:
+    """A stored frame with its valid region, in the training frame `frame`.
+
+    Raw-pixel datasets store the frame they were built for: read as they are when the run uses
+    that frame (no resampling), else their valid region is framed anew.
+    """
+    box = np.asarray(box, np.int32)
+    if pixels.shape[:2] == tuple(frame):
+        return pixels, box
+    top, left, height, width = (int(v) for v in box)
+    return frame_image(pixels[top : top + height, left : left + width], frame, image_id)
+
+
 def prepare_image(image: Any, image_size: int, image_id: str = "?") -> np.ndarray:
     """Decodes if needed, resizes the short side to `image_size` and crops the centre square."""
     return resize_centre_square(decode_image(image, image_size, image_id), image_size)

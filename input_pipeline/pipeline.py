@@ -27,7 +27,7 @@ import numpy as np
 
 from input_pipeline import sampling
 from input_pipeline.data_split import DataSplit
-from input_pipeline.host_images import decode_image, frame_shape, prepare_image, resize_to_frame
+from input_pipeline.host_images import frame_image, frame_shape, prepare_image, reframe
 
 # grain needs a finite length; this many pair positions is "forever" at any realistic speed.
 _STREAM_LENGTH = sys.maxsize // 2
@@ -80,7 +80,11 @@ def _record(source: Any, labels: np.ndarray, index: int) -> tuple[Any, str]:
 def _read(source: Any, labels: np.ndarray, index: int, image_size: int) -> np.ndarray:
     """Evaluation image of example `index` (centre square)."""
     record, image_id = _record(source, labels, index)
-    return prepare_image(record["image"], image_size, image_id)
+    image = record["image"]
+    if "box" in record:  # a raw-pixel dataset: the centre square of the stored valid region
+        top, left, height, width = (int(v) for v in record["box"])
+        image = image[top : top + height, left : left + width]
+    return prepare_image(image, image_size, image_id)
 
 
 def _read_framed(
@@ -88,11 +92,9 @@ def _read_framed(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Training image of example `index` in the frame (whole image), and its valid region."""
     record, image_id = _record(source, labels, index)
-    height, width = frame
-    decoded = decode_image(record["image"], max(frame), image_id)
-    if isinstance(decoded, np.ndarray) and decoded.shape[:2] == frame:
-        return np.ascontiguousarray(decoded), np.array([0, 0, height, width], np.int32)
-    return resize_to_frame(decoded, height, width)
+    if "box" in record:  # a raw-pixel dataset: stored in its frame, read as it is
+        return reframe(record["image"], record["box"], frame, image_id)
+    return frame_image(record["image"], frame, image_id)
 
 
 def _global_position(k: int, global_batch: int, host_batch: int, process_index: int) -> int:

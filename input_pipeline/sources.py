@@ -48,7 +48,9 @@ class RecordSource:
     """Random access to decoded records of one split.
 
     `source[i]` -> `{'image': uint8 (H, W, 3), 'label': int, 'image_id': str,
-    'lesion_id': str}`. Picklable (grain workers), and `__getitems__` reads many at once.
+    'lesion_id': str}`, plus `'box'` int32 (top, left, height, width) for a dataset built with
+    raw-pixel storage, whose images are stored frames. Picklable (grain workers), and
+    `__getitems__` reads many at once.
     """
 
     def __init__(self, data_source: Any, split: str, path: str):
@@ -75,12 +77,15 @@ class RecordSource:
 
     def _record(self, raw: dict[str, Any], index: int) -> dict[str, Any]:
         image_id = _as_text(raw.get("image_id"), f"{self._split}:{index}")
-        return {
+        record = {
             "image": as_rgb_uint8(raw["image"], image_id),
             "label": int(raw["label"]),
             "image_id": image_id,
             "lesion_id": _as_text(raw.get("lesion_id"), ""),
         }
+        if "box" in raw:  # raw-pixel storage: the stored frame's valid region (pipeline.py)
+            record["box"] = np.asarray(raw["box"], np.int32)
+        return record
 
 
 def _as_text(value: Any, default: str) -> str:

@@ -28,6 +28,7 @@ from PIL import Image
 from input_pipeline import pipeline, sources
 from spmix_jax import (
     checkpointing,
+    compile_cache,
     evaluate,
     figures,
     optimizer,
@@ -38,6 +39,7 @@ from spmix_jax import (
 from spmix_jax import state as state_lib
 from spmix_jax import step as step_lib
 from spmix_jax.config_checks import check_config
+from spmix_jax.data_wait import DataWaitMeter
 from spmix_jax.errors import UserError
 from spmix_jax.models import make_model
 
@@ -188,6 +190,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
     workdir_path = epath.Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     is_chief = jax.process_index() == 0
+    compile_cache.enable(config.train.get("compile_cache", compile_cache.AUTO), workdir)
 
     # --- Data ---------------------------------------------------------------------------------
     train_split = sources.get_split(config.data, config.data.train_split)
@@ -276,6 +279,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
     ckpt_every = config.train.checkpoint_every
     acc = None
     t_last, step_last = time.time(), start
+    data_wait = DataWaitMeter()
     print(
         f"Training steps {start}..{stop_at} of {num_steps} on {jax.device_count()} device(s) "
         f"({jax.devices()[0].platform}); workdir {workdir}",
@@ -283,7 +287,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
     )
     for step in range(start + 1, stop_at + 1):
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            batch = sharding.global_batch(next(train_iter), mesh)
+            batch = sharding.global_batch(data_wait.fetch(lambda: next(train_iter)), mesh)
             state, step_metrics = train_step(state, batch)
         if step == start + 1:  # the first step compiles: steps/s and ETA time the ones after it
             jax.block_until_ready(state.step)
@@ -309,19 +313,28 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
                     f"checkpoint in {workdir}/checkpoints is kept (lower optim.base_lr, set "
                     "optim.grad_clip, or use model.dtype=float32)."
                 )
+            values["data_wait_fraction"] = waited = data_wait.take()
             writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
             now = time.time()
             timed = step - step_last
             rate = timed / max(now - t_last, 1e-9)  # since the last line
+            first_line = step_last == start + 1  # holds the workers' start-up
             t_last, step_last = now, step
             eta = (num_steps - step) / max(rate, 1e-9)
-            speed = f"{rate:.2f} steps/s | ETA {_fmt_time(eta)}" if timed else "compiled"
+            speed = (
+                f"{rate:.2f} steps/s | data wait {waited:.0%} | ETA {_fmt_time(eta)}"
+                if timed
+                else "compiled"
+            )
             print(
                 f"step {step:>6}/{num_steps} | loss {values['loss']:.4f} | acc "
                 f"{values['accuracy']:.3f} | ratio {values['mix_ratio_mean']:.3f} | lr "
                 f"{values['learning_rate']:.2e} | {speed}",
                 flush=True,
             )
+            hint = None if first_line else data_wait.hint(waited, config)
+            if hint and is_chief:
+                print(hint, flush=True)
         if do_eval:
             variables = {"params": state.params, "batch_stats": state.batch_stats}
             last_eval = evaluate.evaluate_split(config, variables, eval_split, mesh, eval_step)
@@ -339,6 +352,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
                 f"eval step {step}: " + " | ".join(f"{k[4:]} {v:.4f}" for k, v in scalars.items()),
                 flush=True,
             )
+            data_wait.take()  # the evaluation's time is no step's
             checkpointing.save(
                 best_ckpt,
                 step,

@@ -146,7 +146,15 @@ def test_input_pipeline_on_synthetic_jpegs_reports_host_against_step(tmp_path):
     args += ["--data_dir", str(tmp_path / "jpegs"), "--image_size", "32", "--batch", "4"]
     args += ["--batches", "2", "--workers", "0", "--parts_pairs", "8"]
     args += ["--step_pairs_per_s", "50", "--out", str(out)]
+    ham = os.environ.get("SPMIX_HAM10000_DIR", "/work/shared/data/ham10000_subset")
+    if os.path.isdir(ham):  # upscaled real images, every class present: both storages built
+        args += ["--upscale_from", ham, "--storages", "jpeg,raw"]
     report = json.loads(_run(args).stdout)
     assert json.loads(out.read_text()) == report
     assert report["examples"] == 32 and report["source_image_hw"] == [450, 600]
     assert report["host_vs_step"]["host_cores_needed"] > 0
+    if "storages" in report:
+        raw = report["storages"]["raw"]
+        assert raw["stored_bytes"] >= 32 * 32 * 32 * 3  # uncompressed 32 x 32 frames
+        assert "decode_ms" in report["storages"]["jpeg"]["parts"]
+        assert raw["throughput"][0]["pairs_per_s"] > 0

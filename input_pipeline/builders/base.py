@@ -13,6 +13,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import os
+import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -20,10 +22,13 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 
+from input_pipeline import host_images
 from input_pipeline.builders import csv_layout, fingerprint, image_files
 from input_pipeline.builders.csv_layout import DataError, Problem
 from input_pipeline.builders.image_files import Item
+from input_pipeline.data_split import as_rgb_uint8
 
 # Key of this project's block inside the TFDS metadata (`metadata.json` next to the records).
 METADATA_KEY = "spmix"
@@ -32,6 +37,19 @@ METADATA_FORMAT = 1
 _KEY_RANGE = 2**128
 # Examples prepared ahead of the writer (bounds memory while keeping the threads busy).
 _PREFETCH = 64
+# How images are stored: encoded as built (`jpeg`, the default: the reader decodes and frames
+# every sample), or `raw`, each image once decoded into its training frame with its valid
+# region, so that the reader only copies (docs/method.md section 3).
+STORAGES = ("jpeg", "raw")
+# Bytes a raw record adds to its pixels (box, label, ids, ArrayRecord and proto framing); an
+# upper bound, so that the disk check errs on the side of room.
+_RAW_RECORD_OVERHEAD = 512
+# ArrayRecord options of raw-pixel files: one record a chunk (random access), no compression.
+_RAW_WRITER_OPTIONS = "group_size:1,uncompressed"
+# Free space the disk keeps beyond the estimate (TFDS metadata, a partly filled chunk).
+_DISK_MARGIN = 1.05
+# The decoder of stored images that readers use (TFDS's own), so a raw build sees their pixels.
+_JPEG_FEATURE = tfds.features.Image(shape=(None, None, 3))
 
 
 @dataclasses.dataclass
@@ -54,16 +72,75 @@ class BuildReport:
         }
 
 
-def features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
-    """The feature set of every dataset this package builds."""
+def features(
+    class_names: Sequence[str], frame: tuple[int, int] | None = None
+) -> tfds.features.FeaturesDict:
+    """The feature set of every dataset this package builds; with `frame` (raw storage) each
+    image is its uint8 (height, width, 3) frame plus its valid region `box`."""
+    image: Any = tfds.features.Image(shape=(None, None, 3))
+    extra: dict[str, Any] = {}
+    if frame is not None:
+        image = tfds.features.Tensor(
+            shape=(*frame, 3), dtype=np.uint8, encoding=tfds.features.Encoding.BYTES
+        )
+        extra["box"] = tfds.features.Tensor(shape=(4,), dtype=np.int32)
     return tfds.features.FeaturesDict(
         {
-            "image": tfds.features.Image(shape=(None, None, 3)),
+            "image": image,
+            **extra,
             "label": tfds.features.ClassLabel(names=list(class_names)),
             "image_id": tfds.features.Text(),
             "lesion_id": tfds.features.Text(),
         }
     )
+
+
+def raw_frame(frame_size: int, frame_aspect: float) -> tuple[int, int]:
+    """(height, width) of the frame a raw build stores: the training frame of a run with
+    `data.image_size=frame_size`, `data.image_aspect=frame_aspect`."""
+    if frame_size < 1:
+        raise ValueError(f"--frame_size must be a positive number of pixels, got {frame_size}")
+    return host_images.frame_shape(frame_size, frame_aspect)
+
+
+def raw_bytes(num_images: int, frame: tuple[int, int]) -> int:
+    """Bytes a raw build of `num_images` images in `frame` writes (an upper bound)."""
+    return num_images * (frame[0] * frame[1] * 3 + _RAW_RECORD_OVERHEAD)
+
+
+def store_uncompressed(path: str | os.PathLike) -> None:
+    """Rewrites the ArrayRecord files of a raw-pixel dataset without compression.
+
+    TFDS writes ArrayRecord compressed; pixels gain little from it (about 1.5x) and reading a
+    frame then costs a decompression per sample, several times the read itself. Each file is
+    rewritten next to itself and swapped in, one at a time.
+    """
+    from array_record.python import array_record_data_source, array_record_module
+
+    for shard in sorted(epath.Path(path).glob("*.array_record-*")):
+        staged = shard.parent / f".{shard.name}.uncompressed"
+        writer = array_record_module.ArrayRecordWriter(os.fspath(staged), _RAW_WRITER_OPTIONS)
+        with array_record_data_source.ArrayRecordDataSource([os.fspath(shard)]) as reader:
+            for start in range(0, len(reader), _PREFETCH):
+                keys = range(start, min(start + _PREFETCH, len(reader)))
+                for record in reader.__getitems__(keys):
+                    writer.write(record)
+        writer.close()
+        staged.replace(shard)
+
+
+def check_disk_room(path: str, needed: int) -> None:
+    """Refuses to start writing `needed` bytes under `path` when its disk has less room."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free
+    if free < needed * _DISK_MARGIN:
+        raise DataError(
+            f"{path}: the raw-pixel build writes {needed / 1e9:.2f} GB but the disk holding "
+            f"{existing} has {free / 1e9:.2f} GB free; free space, choose another --data_dir, "
+            "lower --frame_size, or build with --storage=jpeg"
+        )
 
 
 class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # type: ignore[call-arg]
@@ -82,8 +159,16 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         skip_bad: bool = False,
         num_threads: int = 0,
         max_image_mb: int = image_files.DEFAULT_MAX_IMAGE_MB,
+        storage: str = "jpeg",
+        frame: tuple[int, int] | None = None,
         **kwargs: Any,
     ):
+        if storage not in STORAGES:
+            raise ValueError(f"--storage must be one of {STORAGES}, got {storage!r}")
+        if (storage == "raw") != (frame is not None):
+            raise ValueError("a raw-pixel build needs its frame (and only a raw build has one)")
+        self._storage = storage
+        self._frame = None if frame is None else (int(frame[0]), int(frame[1]))
         self._skip_bad = skip_bad
         self._num_threads = num_threads or image_files.default_num_threads()
         self._max_image_bytes = max_image_mb << 20  # larger files are refused, not read
@@ -112,13 +197,14 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
     def recorded_params(self) -> dict[str, Any]:
         """The parameters stored in the metadata (what the content of the dataset depends on)."""
-        return {**self._build_params(), "skip_bad": self._skip_bad}
+        raw = {"storage": "raw", "frame": list(self._frame)} if self._frame else {}
+        return {**self._build_params(), **raw, "skip_bad": self._skip_bad}
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
             description=self._description(),
-            features=features(self._class_names()),
+            features=features(self._class_names(), self._frame),
             supervised_keys=("image", "label"),
             disable_shuffling=True,  # records stay in the order of the stored label lists
             metadata=tfds.core.MetadataDict(),
@@ -157,6 +243,15 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
                 "class_counts": counts.tolist(),
             }
             ordered[name] = items
+        if self._frame is not None:  # the size is known exactly: say it, and check the room
+            needed = raw_bytes(sum(len(items) for items in ordered.values()), self._frame)
+            frame_text = f"{self._frame[0]}x{self._frame[1]}"
+            print(
+                f"Raw-pixel storage: {needed / 1e9:.2f} GB ({needed} bytes) for "
+                f"{sum(len(items) for items in ordered.values())} images in a {frame_text} frame",
+                flush=True,
+            )
+            check_disk_room(os.fspath(self.data_dir), needed)
         self.info.metadata[METADATA_KEY] = {
             "format": METADATA_FORMAT,
             "builder": self.name,
@@ -172,17 +267,27 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         }
         return {name: self._generate_examples(items) for name, items in ordered.items()}
 
-    def _prepare(self, item: Item) -> bytes:
+    def _prepare(self, item: Item) -> dict[str, Any]:
+        """The image features of `item`: its stored bytes, or (raw) its frame and box."""
         try:
             data, changed = image_files.prepare_image(
                 image_files.read_image_bytes(item.ref, self._max_image_bytes), self._short_side()
             )
+            if self._frame is not None:
+                # Decoded as the reader decodes the stored JPEG, then framed as it frames it.
+                decoded = _JPEG_FEATURE.decode_example_np(data)
+                frame, box = host_images.frame_image(
+                    as_rgb_uint8(decoded, item.image_id), self._frame, item.image_id
+                )
+                result: dict[str, Any] = {"image": frame, "box": box}
+            else:
+                result = {"image": data}
         except Exception as e:  # checked before writing, so this means the file changed since
             raise DataError(f"{item.origin}: image {item.ref} could not be prepared: {e}") from e
         if changed:
             with self._reencoded_lock:
                 self._reencoded += 1
-        return data
+        return result
 
     def _generate_examples(self, items: Sequence[Item]) -> Iterator[tuple[int, dict[str, Any]]]:
         """Yields (key, example) in order; images are prepared in threads, a bounded window
@@ -204,7 +309,7 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
                 yield (
                     index * stride,
                     {
-                        "image": pending.popleft().result(),
+                        **pending.popleft().result(),
                         "label": item.label,
                         "image_id": item.image_id,
                         "lesion_id": item.lesion_id,

@@ -1,0 +1,113 @@
+"""Where the SPMix step's compile time goes: each phase lowered and compiled on its own.
+
+The phases are those of `step_breakdown.py` (views, the configured saliency method, embeddings
+and mixing, query forward and backward, key forward, loss, optimizer, EMA and enqueue), plus the
+views without RandAugment (`augment.randaugment_n=0`) so that RandAugment's share shows, the
+whole step (`train.jit_train_step`) and the plain ViT step of `compare_step.py` (one view,
+forward, backward, AdamW). Each is timed as tracing + lowering (`lower_s`) and XLA compilation
+(`compile_s`), ahead of time, with the persistent compilation cache off. Everything is compiled
+in one process, one after the other, so load from other processes weighs on all alike.
+
+    python benchmarks/compile_breakdown.py --variant S/16 --image_size 224 --batch 8 --out c.json
+    python benchmarks/compile_breakdown.py --dry_run
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import dataclasses  # noqa: E402
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import bench_common as bc  # noqa: E402
+import jax  # noqa: E402
+import step_breakdown  # noqa: E402
+
+from spmix_jax import augment  # noqa: E402
+from spmix_jax import step as step_lib  # noqa: E402
+
+
+def _aot(fn: Callable[..., Any], *args: Any) -> dict[str, float]:
+    """Seconds to trace + lower, and to compile, `fn` (a jitted function) at `args`."""
+    jax.clear_caches()  # the pieces ran once to make the next one's inputs: compile afresh
+    t0 = time.perf_counter()
+    lowered = fn.lower(*args)
+    t1 = time.perf_counter()
+    lowered.compile()
+    t2 = time.perf_counter()
+    return {"lower_s": round(t1 - t0, 3), "compile_s": round(t2 - t1, 3)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = step_breakdown.parse_args(argv)
+    jax.config.update("jax_enable_compilation_cache", False)
+    report: dict[str, Any] = {"benchmark": "compile_breakdown", **bc.environment()}
+    report["settings"] = {k: v for k, v in vars(args).items() if k != "out"}
+    config = bc.spmix_config(
+        variant=args.variant,
+        image_size=args.image_size,
+        data_size=args.data_size,
+        batch=args.batch,
+        dtype=args.dtype,
+        saliency=args.saliency,
+        key_encoder=args.key_encoder,
+        tiny=args.dry_run,
+    )
+    built = bc.build_spmix(config)
+    rows: dict[str, dict[str, float]] = {}
+    print("[compile_breakdown] whole step", file=sys.stderr, flush=True)
+    rows["whole_step"] = _aot(built["step"], built["state"], built["batch"])
+    plain = bc.build_plain_jax(
+        variant=args.variant, image_size=args.image_size, batch=args.batch, dtype=args.dtype
+    )
+    print("[compile_breakdown] plain step", file=sys.stderr, flush=True)
+    rows["plain_vit_step"] = _aot(plain["step"], plain["state"], plain["images"], plain["labels"])
+    print("[compile_breakdown] phases", file=sys.stderr, flush=True)
+    pieces = step_breakdown.build_pieces(config, built)
+    wanted = f"saliency[{args.saliency}]"
+    for name, (fn, fargs) in pieces.items():
+        if name.startswith("saliency[") and name != wanted:
+            continue
+        print(f"[compile_breakdown] {name}", file=sys.stderr, flush=True)
+        rows[name] = _aot(fn, *fargs)
+    no_ra = dataclasses.replace(augment.ViewSettings.from_config(config.augment), ra_n=0)
+    size = config.model.image_size
+    views_no_ra = jax.jit(lambda r, b: step_lib.make_views(r, b, no_ra, size))
+    rows["views_without_randaugment"] = _aot(views_no_ra, jax.random.PRNGKey(0), built["batch"])
+    phases = [
+        n for n in rows if n not in ("whole_step", "plain_vit_step", "views_without_randaugment")
+    ]
+    whole = rows["whole_step"]["lower_s"] + rows["whole_step"]["compile_s"]
+    plain_total = rows["plain_vit_step"]["lower_s"] + rows["plain_vit_step"]["compile_s"]
+    report["compile"] = rows
+    report["whole_over_plain"] = round(whole / plain_total, 2)
+    report["sum_of_phases_s"] = round(
+        sum(rows[n]["lower_s"] + rows[n]["compile_s"] for n in phases), 3
+    )
+    report["randaugment_in_views_s"] = round(
+        rows["views"]["lower_s"]
+        + rows["views"]["compile_s"]
+        - rows["views_without_randaugment"]["lower_s"]
+        - rows["views_without_randaugment"]["compile_s"],
+        3,
+    )
+    report["note"] = (
+        "Each phase is jitted and compiled alone (ahead of time, no persistent cache); inside "
+        "the step XLA compiles them together, so the phases need not add up to the step. "
+        "whole_over_plain is (lower + compile) of the SPMix step over that of the plain step."
+    )
+    report["load_average_1min_end"] = round(os.getloadavg()[0], 2)
+    bc.emit(report, args.out)
+    return report
+
+
+if __name__ == "__main__":
+    main()
