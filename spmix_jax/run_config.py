@@ -19,10 +19,14 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from spmix_jax.errors import UserError
+
 CONFIG_FILE = "config.json"
 COMMAND_FILE = "command.txt"
 # Sections that describe the trained model and what it was trained on; eval modes reuse them.
 RECORDED_SECTIONS = ("data", "model", "augment", "saliency", "mix")
+# Single fields outside those sections that eval modes also reuse: the shot groups of the run.
+RECORDED_FIELDS = ("eval.many_threshold", "eval.few_threshold")
 # Fields whose value fixes the shapes of the saved parameters.
 SHAPE_FIELDS = ("data.num_classes",)
 
@@ -68,6 +72,28 @@ def run_info(
         "class_names": [str(n) for n in class_names],
         "train_class_counts": [int(c) for c in train_class_counts],
     }
+
+
+def with_classes(
+    config: ml_collections.ConfigDict, class_names: Iterable[str]
+) -> ml_collections.ConfigDict:
+    """`config` with `data.num_classes` and `data.class_names` those of the data (the built
+    dataset owns its class list); the fields, when set in the config, only check it."""
+    names = tuple(str(n) for n in class_names)
+    data = config.data
+    if (data.num_classes and data.num_classes != len(names)) or (
+        data.class_names and tuple(data.class_names) != names
+    ):
+        raise UserError(
+            f"config.data says num_classes={data.num_classes}, class_names="
+            f"{show_value(data.class_names)}, but the data has the {len(names)} classes "
+            f"{show_value(names)}. Leave both unset to take the data's."
+        )
+    new = ml_collections.ConfigDict(config.to_dict())
+    new.data.num_classes = len(names)
+    with new.data.ignore_type():
+        new.data.class_names = names
+    return new
 
 
 def write_run_files(
@@ -125,7 +151,7 @@ def apply_recorded(
     recorded: Mapping[str, Any],
     overrides: Mapping[str, Any] | None = None,
 ) -> tuple[ml_collections.ConfigDict, list[str]]:
-    """`config` with the recorded `RECORDED_SECTIONS` fields, except those in `overrides`.
+    """`config` with the recorded `RECORDED_SECTIONS` and `RECORDED_FIELDS`, except `overrides`.
 
     `overrides` are the dotted fields given on the command line (absl's `--config.x.y=`), which
     win. Returns the new config and the dotted names whose value changed. Fields the recorded
@@ -136,7 +162,8 @@ def apply_recorded(
     current = flatten(config_dict(config))
     changed = []
     for name, value in flatten(recorded).items():
-        if name.split(".")[0] not in RECORDED_SECTIONS or name in overrides:
+        recorded_field = name.split(".")[0] in RECORDED_SECTIONS or name in RECORDED_FIELDS
+        if not recorded_field or name in overrides:
             continue
         if name not in current:
             continue
