@@ -132,10 +132,11 @@ def build_dataset(
     `kwargs` are those of `make_builder`. An existing dataset built with different parameters
     is refused unless `overwrite` (then it is rebuilt).
     """
-    if builder in builders.MANUAL_DIR_BUILDERS and not os.path.isdir(manual_dir or ""):
+    manual_ok = os.path.isdir(manual_dir or "") and bool(os.listdir(manual_dir))
+    if builder in builders.MANUAL_DIR_BUILDERS and not manual_ok:
         raise DataError(
             f"{builder} needs --manual_dir, a folder with the official downloads; got "
-            f"{manual_dir!r}.\n{builders.BUILDERS[builder].MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            f"{manual_dir!r} (missing or empty).\n{builders.BUILDERS[builder].MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
     ds_builder = make_builder(builder, data_dir, manual_dir=manual_dir, **kwargs)
     target = epath.Path(ds_builder.data_dir)
