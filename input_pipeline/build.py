@@ -136,7 +136,8 @@ def build_dataset(
     if builder in builders.MANUAL_DIR_BUILDERS and not manual_ok:
         raise DataError(
             f"{builder} needs --manual_dir, a folder with the official downloads; got "
-            f"{manual_dir!r} (missing or empty).\n{builders.BUILDERS[builder].MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            f"{manual_dir!r} (missing or empty).\n"
+            f"{builders.BUILDERS[builder].MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
     ds_builder = make_builder(builder, data_dir, manual_dir=manual_dir, **kwargs)
     target = epath.Path(ds_builder.data_dir)
