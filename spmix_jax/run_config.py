@@ -19,8 +19,6 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from spmix_jax.errors import UserError
-
 CONFIG_FILE = "config.json"
 COMMAND_FILE = "command.txt"
 # Sections that describe the trained model and what it was trained on; eval modes reuse them.
@@ -77,18 +75,10 @@ def run_info(
 def with_classes(
     config: ml_collections.ConfigDict, class_names: Iterable[str]
 ) -> ml_collections.ConfigDict:
-    """`config` with `data.num_classes` and `data.class_names` those of the data (the built
-    dataset owns its class list); the fields, when set in the config, only check it."""
+    """`config` with `data.num_classes` and `data.class_names` those of the data: the built
+    dataset owns its class list. Values set in the config were checked against it when the
+    data was read (`input_pipeline.sources`), so here they are only filled in."""
     names = tuple(str(n) for n in class_names)
-    data = config.data
-    if (data.num_classes and data.num_classes != len(names)) or (
-        data.class_names and tuple(data.class_names) != names
-    ):
-        raise UserError(
-            f"config.data says num_classes={data.num_classes}, class_names="
-            f"{show_value(data.class_names)}, but the data has the {len(names)} classes "
-            f"{show_value(names)}. Leave both unset to take the data's."
-        )
     new = ml_collections.ConfigDict(config.to_dict())
     new.data.num_classes = len(names)
     with new.data.ignore_type():

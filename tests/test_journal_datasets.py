@@ -25,7 +25,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import common, isic2019, pad_ufes20, tiny
+from configs import common, isic2019, pad_ufes20
 from input_pipeline import build
 from input_pipeline.builders import csv_layout
 from input_pipeline.builders import isic2019 as isic2019_builder
@@ -390,19 +390,27 @@ def test_class_names_in_rows():
         csv_layout.class_names_in_rows(["image,label", "a,2", "b,0", "c,MEL"], "labels.csv")
 
 
-def test_config_class_fields_only_check_the_dataset():
-    config = tiny.get_config()
-    config.data.num_classes = 0
-    resolved = run_config.with_classes(config, ("b", "a"))
-    assert resolved.data.num_classes == 2 and resolved.data.class_names == ("b", "a")
-    config.data.class_names = ("b", "a")
-    assert run_config.with_classes(config, ("b", "a")).data.num_classes == 2
-    with pytest.raises(UserError, match=r"but the data has the 2 classes \('a','b'\)"):
-        run_config.with_classes(config, ("a", "b"))
-    config.data.class_names = ()
-    config.data.num_classes = 3
-    with pytest.raises(UserError, match="num_classes=3"):
-        run_config.with_classes(config, ("a", "b"))
+def test_config_class_fields_only_check_the_dataset(tmp_path):
+    from input_pipeline import sources
+
+    source = make_named_folder(tmp_path / "src")
+    build.build_dataset(
+        "folder_csv", os.fspath(tmp_path / "out"), source=os.fspath(source), split_fractions="1"
+    )
+    data = common.base_config().data
+    data.name, data.data_dir = "folder_csv", os.fspath(tmp_path / "out")
+    split = sources.get_split(data, "train")  # unset fields: the dataset's classes
+    names = tuple(sorted(NEW_USER_CLASSES))
+    assert split.class_names == names
+    config = common.base_config()
+    resolved = run_config.with_classes(config, split.class_names)
+    assert resolved.data.num_classes == 5 and resolved.data.class_names == names
+    data.num_classes, data.class_names = 5, names  # set fields that agree pass
+    assert sources.get_split(data, "train").class_names == names
+    for count, wanted in ((7, ()), (0, NEW_USER_CLASSES)):  # set fields that differ do not
+        data.num_classes, data.class_names = count, wanted
+        with pytest.raises(UserError, match="but config.data says"):
+            sources.get_split(data, "train")
 
 
 def test_dataset_configs_thresholds_and_sources(monkeypatch, tmp_path):
