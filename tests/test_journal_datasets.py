@@ -452,6 +452,19 @@ def test_input_pipeline_imports_neither_spmix_jax_nor_configs():
     assert int(out[0]) >= 20 and out[1:] == ["[]"], out
 
 
+def test_cli_prints_a_data_error_as_one_message(capsys, monkeypatch):
+    from spmix_jax import cli
+
+    def main(argv):
+        raise DataError("labels.csv, line 3: label 'XYZ' is not a class")
+
+    monkeypatch.setattr(cli, "verbose", lambda: False)
+    with pytest.raises(SystemExit) as exited:
+        cli.exit_on_user_error(main)(["prog"])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == "error: labels.csv, line 3: label 'XYZ' is not a class\n"
+
+
 def test_missing_source_folders_name_their_environment_variables(monkeypatch, tmp_path):
     from input_pipeline import sources
 
