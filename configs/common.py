@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ml_collections
 
-ISIC_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 ISIC_MEAN = (0.765, 0.545, 0.569)
 ISIC_STD = (0.140, 0.151, 0.169)
 
@@ -74,8 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_split = "train"
     c.data.eval_split = "validation"
     c.data.test_split = "test"
-    c.data.num_classes = 7
-    c.data.class_names = ISIC_CLASSES
+    # The built dataset owns its classes; set these only to check them (0 / (): the dataset's).
+    c.data.num_classes = 0
+    c.data.class_names = ()
     c.data.image_size = 64  # the host resizes each image's short side to this size
     # Training frame: short side image_size, long side x this (1: square); images are kept whole
     # in it (padded, with a valid box the device crops from); evaluation uses a centre square.

@@ -4,6 +4,7 @@ python -m spmix_jax.main --config=configs/tiny.py --workdir=/tmp/tiny
 """
 
 from configs import common
+from input_pipeline import synthetic
 
 
 def get_config(arg: str | None = None):
@@ -12,6 +13,7 @@ def get_config(arg: str | None = None):
         raise ValueError(f"steps={a.steps}: give a positive number of training steps")
     c = common.base_config()
     c.data.name = "synthetic"
+    c.data.num_classes = synthetic.NUM_CLASSES  # set, so tests can build the model without data
     c.data.image_size = 24
     c.data.synthetic.num_train = 160
     c.data.synthetic.num_eval = 40

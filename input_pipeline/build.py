@@ -33,11 +33,9 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from etils import epath
 
-from configs.common import ISIC_CLASSES
-from input_pipeline import build_lock, builders
-from input_pipeline.builders import base, folder_csv, image_files, isic2018
+from input_pipeline import build_lock, builders, command_line
+from input_pipeline.builders import base, folder_csv, image_files, isic2018, isic2019, pad_ufes20
 from input_pipeline.builders.csv_layout import DataError
-from spmix_jax import cli
 
 _SPLIT_ORDER = ("train", "validation", "test")
 # The frame a raw-pixel build stores by default: that of the 224 px configs (data.image_size
@@ -56,7 +54,7 @@ def make_builder(
     csv: str = "labels.csv",
     metadata: str = "auto",
     images: str = "",
-    class_names: Sequence[str] = ISIC_CLASSES,
+    class_names: Sequence[str] = (),
     split_fractions: str | Sequence[float] = folder_csv.DEFAULT_FRACTIONS,
     seed: int | None = None,
     short_side: int = 0,
@@ -111,6 +109,25 @@ def make_builder(
             max_image_mb=max_image_mb,
             **stored,
         )
+    split_builders = {
+        "isic2019": (isic2019.isic2019_config, isic2019.Isic2019),
+        "pad_ufes20": (pad_ufes20.pad_ufes20_config, pad_ufes20.PadUfes20),
+    }
+    if builder in split_builders:
+        if short_side or holdout_per_class is not None:
+            raise ValueError(
+                f"{builder} takes its image size from the config name (short<N>) and has no "
+                "hold-out"
+            )
+        make_config, builder_class = split_builders[builder]
+        return builder_class(
+            config=make_config(config, seed=seed),
+            data_dir=data_dir,
+            skip_bad=skip_bad,
+            num_threads=num_threads,
+            max_image_mb=max_image_mb,
+            **stored,
+        )
     raise ValueError(f"unknown builder {builder!r}; expected one of {sorted(builders.BUILDERS)}")
 
 
@@ -152,10 +169,12 @@ def build_dataset(
     `kwargs` are those of `make_builder`. An existing dataset built with different parameters
     is refused unless `overwrite` (then it is rebuilt).
     """
-    if builder == "isic2018" and not os.path.isdir(manual_dir or ""):
+    manual_ok = os.path.isdir(manual_dir or "") and bool(os.listdir(manual_dir))
+    if builder in builders.MANUAL_DIR_BUILDERS and not manual_ok:
         raise DataError(
-            f"isic2018 needs --manual_dir, a folder with the official downloads; got "
-            f"{manual_dir!r}.\n{isic2018.Isic2018.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            f"{builder} needs --manual_dir, a folder with the official downloads; got "
+            f"{manual_dir!r} (missing or empty).\n"
+            f"{builders.BUILDERS[builder].MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
     ds_builder = make_builder(builder, data_dir, manual_dir=manual_dir, **kwargs)
     # A second build of the same dataset waits here, then reuses the first one's result.
@@ -371,7 +390,8 @@ def define_flags() -> None:
         "",
         "Config name. folder_csv: any name for this build (default 'default'). isic2018: "
         "short256 (default), original, released, short<N>, released_original, "
-        "released_short<N>.",
+        "released_short<N>. isic2019, pad_ufes20: short256 (default), original, short<N>, "
+        "optionally with _seed<S>.",
     )
     flags.DEFINE_string(
         "source",
@@ -396,7 +416,12 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "images", "", "folder_csv: image folder relative to --source (default: all of --source)."
     )
-    flags.DEFINE_list("class_names", list(ISIC_CLASSES), "folder_csv: class names in label order.")
+    flags.DEFINE_list(
+        "class_names",
+        [],
+        "folder_csv: class names in label order. Default: those the CSV names (the sorted "
+        "labels of an image,label CSV, or the one-hot columns in order).",
+    )
     flags.DEFINE_string(
         "split_fractions",
         ",".join(str(f) for f in folder_csv.DEFAULT_FRACTIONS),
@@ -407,7 +432,8 @@ def define_flags() -> None:
     flags.DEFINE_integer(
         "seed",
         None,
-        "folder_csv: split seed (default 0). isic2018 released configs: hold-out seed (default 0).",
+        "folder_csv, isic2019, pad_ufes20: split seed (default 0). isic2018 released configs: "
+        "hold-out seed (default 0).",
     )
     flags.DEFINE_integer(
         "short_side",
@@ -418,7 +444,8 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "manual_dir",
         None,
-        "isic2018: folder with the official downloads (zips or extracted folders).",
+        "isic2018, isic2019, pad_ufes20: folder with the official downloads (zips or extracted "
+        "folders).",
     )
     flags.DEFINE_integer(
         "holdout_per_class",
@@ -477,8 +504,8 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError("--frame_size / --frame_aspect apply to --storage=raw only")
     if name == "folder_csv" and not FLAGS.source:
         raise app.UsageError("--builder=folder_csv needs --source")
-    if name == "isic2018" and not FLAGS.manual_dir:
-        raise app.UsageError("--builder=isic2018 needs --manual_dir")
+    if name in builders.MANUAL_DIR_BUILDERS and not FLAGS.manual_dir:
+        raise app.UsageError(f"--builder={name} needs --manual_dir")
     kwargs: dict[str, Any] = dict(
         config=FLAGS.config,
         skip_bad=FLAGS.skip_bad,
@@ -502,7 +529,13 @@ def main(argv: Sequence[str]) -> None:
         )
     else:
         released = (FLAGS.config or "").startswith("released")
-        if not released and (FLAGS.seed is not None or FLAGS.holdout_per_class is not None):
+        if name != "isic2018" and FLAGS.holdout_per_class is not None:
+            raise app.UsageError(f"--holdout_per_class does not apply to --builder={name}")
+        if (
+            name == "isic2018"
+            and not released
+            and (FLAGS.seed is not None or FLAGS.holdout_per_class is not None)
+        ):
             raise app.UsageError("--seed / --holdout_per_class apply to released configs only")
         kwargs.update(
             manual_dir=FLAGS.manual_dir,
@@ -512,11 +545,14 @@ def main(argv: Sequence[str]) -> None:
     try:
         path = build_dataset(name, FLAGS.data_dir, **kwargs)
     except ValueError as e:  # DataError / UserError, and the builders' checks of their options
-        if cli.verbose():
+        if command_line.verbose():
             raise
         sys.exit(f"error: {e}")
     meta = load_build_metadata(path)
     print(f"\nDataset at {path}\n")
+    given = name == "folder_csv" and FLAGS["class_names"].present
+    origin = "as given" if given else "as the data names them"
+    print(f"Classes ({origin}, in label order): {', '.join(meta['class_names'])}\n")
     print(summary_table(meta))
     print(
         f"\nTrain with: --config.data.name={name} --config.data.data_dir={FLAGS.data_dir} "
@@ -527,7 +563,8 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
     """Console-script entry point (`spmix-build-data`)."""
     define_flags()
-    cli.run(main, __name__)
+    command_line.show_flags_in_help(__name__)
+    app.run(main)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from input_pipeline.builders import DEFAULT_CONFIGS, METADATA_KEY
-from spmix_jax.errors import NotFoundError, UserError
+from input_pipeline.builders import DEFAULT_CONFIGS, MANUAL_DIR_BUILDERS, METADATA_KEY
+from input_pipeline.errors import NotFoundError, UserError
 
-BUILT_NAMES = ("folder_csv", "isic2018")
+BUILT_NAMES = ("folder_csv", "isic2018", "isic2019", "pad_ufes20")
 _VERSION_DIR = re.compile(r"^\d+\.\d+\.\d+$")
 
 
@@ -74,8 +74,8 @@ def describe_built(data_dir: str | os.PathLike, max_depth: int = 3) -> list[str]
 def build_command(name: str, data_dir: str, builder_config: str, source_dir: str = "") -> str:
     """The command that builds the dataset a config asks for."""
     config = builder_config or DEFAULT_CONFIGS.get(name, "")
-    if name == "isic2018":
-        src = f"--manual_dir={source_dir or 'DIR_WITH_ISIC2018_DOWNLOADS'}"
+    if name in MANUAL_DIR_BUILDERS:
+        src = f"--manual_dir={source_dir or f'DIR_WITH_{name.upper()}_DOWNLOADS'}"
     else:
         src = f"--source={source_dir or 'DIR_WITH_IMAGES_AND_labels.csv'}"
     return (
@@ -94,8 +94,9 @@ def _missing_error(data_cfg: Any, looked_at: epath.Path, why: str) -> NotFoundEr
         )
         hint = (
             f"\nBuild it with:\n  {command}\nor pass --config.data.source_dir=DIR (the raw "
-            "folder) to build it automatically; configs/ham10000.py also reads that folder from "
-            "the environment variable SPMIX_HAM10000_DIR."
+            "folder) to build it automatically; configs/ham10000.py, isic2019.py and "
+            "pad_ufes20.py also read that folder from the environment variables "
+            "SPMIX_HAM10000_DIR, SPMIX_ISIC2019_DIR and SPMIX_PAD_UFES20_DIR."
         )
     return NotFoundError(
         f"No dataset for data.name={data_cfg.name!r}, builder_config="
@@ -347,7 +348,7 @@ def _find_or_build(data_cfg: Any, config_dir: epath.Path, build: bool = True) ->
             data_cfg.name, data_cfg.data_dir, data_cfg.builder_config, data_cfg.source_dir
         ),
     )
-    source_key = "manual_dir" if data_cfg.name == "isic2018" else "source"
+    source_key = "manual_dir" if data_cfg.name in MANUAL_DIR_BUILDERS else "source"
     return build_lib.build_dataset(
         data_cfg.name,
         data_cfg.data_dir,

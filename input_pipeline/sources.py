@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from input_pipeline.data_split import DataSplit, as_rgb_uint8  # also used as `sources.<name>`
+from input_pipeline.errors import UserError
 from input_pipeline.locate import (
     BUILT_NAMES,
     _builder,
@@ -37,7 +38,6 @@ from input_pipeline.locate import (
     dataset_dir,
     open_builder,
 )
-from spmix_jax.errors import UserError
 
 # Every value config.data.name may take (see the module docstring).
 DATASET_NAMES = ("synthetic", *BUILT_NAMES, "tfds")
@@ -135,14 +135,17 @@ def split_labels(path: str, split: str) -> np.ndarray:
 
 
 def _check_classes(data_cfg: Any, names: tuple[str, ...], path: str) -> None:
+    """The dataset owns its classes; `data.num_classes` / `data.class_names`, when set (not 0 /
+    empty), only check them."""
     wanted = tuple(data_cfg.class_names)
-    if names != wanted or data_cfg.num_classes != len(names):
+    count = data_cfg.num_classes
+    if (wanted and names != wanted) or (count and count != len(names)):
         tuple_text = "(" + ",".join(repr(n) for n in names) + ("," if len(names) == 1 else "") + ")"
         raise UserError(
             f"{path} has classes {list(names)}, but config.data says num_classes="
-            f"{data_cfg.num_classes}, class_names={list(wanted)}. Pass "
-            f'--config.data.num_classes={len(names)} --config.data.class_names="{tuple_text}" '
-            "(or set them in the config file)."
+            f"{data_cfg.num_classes}, class_names={list(wanted)}. Leave both unset (0 and ()) "
+            "to take the dataset's, or pass "
+            f'--config.data.num_classes={len(names)} --config.data.class_names="{tuple_text}"'
         )
 
 
@@ -161,8 +164,8 @@ def get_split(data_cfg: Any, split: str, require_train: bool = True) -> DataSpli
         return synthetic.get_split(data_cfg, split)
     if data_cfg.name not in DATASET_NAMES:
         raise UserError(
-            f"unknown config.data.name {data_cfg.name!r}; expected synthetic, folder_csv, "
-            "isic2018 or tfds"
+            f"unknown config.data.name {data_cfg.name!r}; expected one of "
+            f"{', '.join(DATASET_NAMES)}"
         )
     path = dataset_dir(data_cfg)
     builder = open_builder(data_cfg, path)
@@ -225,4 +228,5 @@ def train_class_counts(data_cfg: Any) -> np.ndarray | None:
     if meta is not None and data_cfg.train_split in meta["splits"]:
         return np.asarray(meta["splits"][data_cfg.train_split]["class_counts"], np.int64)
     train = split_labels(path, data_cfg.train_split)
-    return np.bincount(train[train >= 0], minlength=len(data_cfg.class_names)).astype(np.int64)
+    names = _builder(path).info.features["label"].names
+    return np.bincount(train[train >= 0], minlength=len(names)).astype(np.int64)

@@ -325,7 +325,7 @@ def get_split(data_cfg: Any, split: str) -> DataSplit:
     """
     syn = data_cfg.synthetic
     num_classes = int(getattr(data_cfg, "num_classes", NUM_CLASSES))
-    if num_classes != NUM_CLASSES:
+    if num_classes not in (0, NUM_CLASSES):  # 0: unset, the data's own
         raise ValueError(f"synthetic data has {NUM_CLASSES} classes, config asks for {num_classes}")
     if split == "train":
         source = SyntheticSource(syn.num_train, data_cfg.image_size, syn.imbalance, syn.seed, split)

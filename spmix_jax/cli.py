@@ -4,9 +4,10 @@ around absl's `app.run`.
 - `--help` lists the program's flags also when it runs as an installed console script: absl
   shows the flags of the module named by `sys.argv[0]`, which for a console script is the
   wrapper file, not the module that defined the flags.
-- A `UserError` prints as one message (with its fix) and exits with status 1; `--verbosity=1`
-  (or higher) keeps the traceback for debugging. Any other exception is a bug and keeps its
-  traceback.
+- A `UserError` (the data package's errors and the trainer's: one hierarchy, defined in
+  `input_pipeline.errors`) prints as one message (with its fix) and exits with status 1;
+  `--verbosity=1` (or higher) keeps the traceback for debugging. Any other exception is a bug
+  and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,24 +17,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from absl import app, flags
+from absl import app
 
+from input_pipeline.command_line import show_flags_in_help, verbose
 from spmix_jax.errors import UserError
 
 USER_ERROR_EXIT_CODE = 1
-
-
-def show_flags_in_help(module_name: str) -> None:
-    """Makes the flags defined in `module_name` the key flags of the running program."""
-    values = flags.FLAGS
-    for flag in values.get_flags_for_module(module_name):
-        values.register_key_flag_for_module(sys.argv[0], flag)
-
-
-def verbose() -> bool:
-    """True when the user asked for logs (`--verbosity=1` or more): then tracebacks are shown."""
-    flag = flags.FLAGS["verbosity"]
-    return bool(flag.present and flag.value is not None and flag.value >= 1)
 
 
 def report_user_error(error: UserError) -> None:

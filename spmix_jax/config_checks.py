@@ -101,7 +101,8 @@ def _check_config(config: ml_collections.ConfigDict, *, num_devices: int | None)
         raise ValueError(
             f"data.image_aspect={config.data.image_aspect} must be >= 1 (long side / short side)."
         )
-    if len(config.data.class_names) != config.data.num_classes:
+    names_and_count = config.data.class_names and config.data.num_classes  # both set: must agree
+    if names_and_count and len(config.data.class_names) != config.data.num_classes:
         raise ValueError(
             f"data.class_names has {len(config.data.class_names)} names but data.num_classes="
             f"{config.data.num_classes}."

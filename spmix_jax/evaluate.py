@@ -203,8 +203,26 @@ def with_recorded_config(
     return new
 
 
+def _with_model_classes(
+    config: ml_collections.ConfigDict, workdir: str, split_name: str
+) -> ml_collections.ConfigDict:
+    """`config` with the model's classes when `data.num_classes` is unset: those its run
+    recorded, else those of the split evaluated (the dataset owns its class list)."""
+    if config.data.num_classes:
+        return config
+    try:
+        run = _recorded_run(*checkpointing.resolve_step(workdir, config.eval.checkpoint))
+    except NotFoundError:
+        run = None
+    names = (run or {}).get("class_names")
+    if not names:
+        names = sources.get_split(config.data, split_name, require_train=False).class_names
+    return run_config.with_classes(config, names)
+
+
 def restore_for_figures(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     """(variables, model) of the configured checkpoint, for figures that need a trained model."""
+    config = _with_model_classes(config, workdir, config.data.eval_split)
     variables, _ = restore_variables(config, workdir, sharding.make_mesh())
     return variables, make_model(config)
 
@@ -250,6 +268,7 @@ def run(
                 flush=True,
             )
     split_name = split_name or config.eval.split or config.data.eval_split
+    config = _with_model_classes(config, workdir, split_name)
     variables, step = restore_variables(config, workdir, mesh)
     split = sources.get_split(config.data, split_name, require_train=False)
     run_record = _recorded_run(checkpointing.resolve_step(workdir, step)[0], step)

@@ -42,6 +42,8 @@ METRICS = (
     "medium_accuracy",
     "few_accuracy",
 )
+# The training counts that separate many / medium / few (the run's eval.*_threshold).
+SHOT_COLUMNS = ("many_threshold", "few_threshold")
 RARE_COLUMNS = tuple(
     f"rare{i}_{kind}" for i in range(1, NUM_RARE + 1) for kind in ("class", "recall")
 )
@@ -49,6 +51,7 @@ COLUMNS = (
     "method",
     "seed",
     *METRICS,
+    *SHOT_COLUMNS,
     "rare_recall_mean",
     *RARE_COLUMNS,
     "val_balanced_accuracy",
@@ -113,6 +116,8 @@ def run_row(
     for name in METRICS:
         row[name] = test.get(name)
     row["val_balanced_accuracy"] = val.get("balanced_accuracy")
+    thresholds = test.get("shot_thresholds") or {}
+    row["many_threshold"], row["few_threshold"] = thresholds.get("many"), thresholds.get("few")
     names = test.get("class_names") or list(test.get("per_class", {}))
     counts = test.get("train_class_counts")
     rare = rarest_classes(names, counts)
@@ -158,7 +163,7 @@ def summary_markdown(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> 
     lines = [
         "Test split, checkpoint chosen on validation; mean ± sample std over seeds. "
         f"rare_recall_mean: mean recall of the {NUM_RARE} rarest training classes "
-        f"({', '.join(str(r) for r in rare if r)}).",
+        f"({', '.join(str(r) for r in rare if r)}).{_shot_note(rows)}",
         "",
         "| method | seeds | " + " | ".join(cols) + " |",
         "|---|---|" + "---|" * len(cols),
@@ -171,6 +176,19 @@ def summary_markdown(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> 
         cells = [format_mean_std([r.get(c) for r in mine]) for c in cols]
         lines.append(f"| {method} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _shot_note(rows: Sequence[dict[str, Any]]) -> str:
+    """The shot groups' definition, from the thresholds the runs recorded ('' if unknown)."""
+    pairs = {(r.get("many_threshold"), r.get("few_threshold")) for r in rows}
+    pairs.discard((None, None))
+    if len(pairs) != 1:
+        return "" if not pairs else " Runs differ in their many / few thresholds (results.csv)."
+    many, few = pairs.pop()
+    return (
+        f" Many / medium / few: classes with over {many} / {few}-{many} / under {few} "
+        "training images."
+    )
 
 
 def write_csv(path: pathlib.Path, rows: Sequence[dict[str, Any]]) -> None:

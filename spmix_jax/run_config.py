@@ -23,6 +23,8 @@ CONFIG_FILE = "config.json"
 COMMAND_FILE = "command.txt"
 # Sections that describe the trained model and what it was trained on; eval modes reuse them.
 RECORDED_SECTIONS = ("data", "model", "augment", "saliency", "mix")
+# Single fields outside those sections that eval modes also reuse: the shot groups of the run.
+RECORDED_FIELDS = ("eval.many_threshold", "eval.few_threshold")
 # Fields whose value fixes the shapes of the saved parameters.
 SHAPE_FIELDS = ("data.num_classes",)
 
@@ -68,6 +70,20 @@ def run_info(
         "class_names": [str(n) for n in class_names],
         "train_class_counts": [int(c) for c in train_class_counts],
     }
+
+
+def with_classes(
+    config: ml_collections.ConfigDict, class_names: Iterable[str]
+) -> ml_collections.ConfigDict:
+    """`config` with `data.num_classes` and `data.class_names` those of the data: the built
+    dataset owns its class list. Values set in the config were checked against it when the
+    data was read (`input_pipeline.sources`), so here they are only filled in."""
+    names = tuple(str(n) for n in class_names)
+    new = ml_collections.ConfigDict(config.to_dict())
+    new.data.num_classes = len(names)
+    with new.data.ignore_type():
+        new.data.class_names = names
+    return new
 
 
 def write_run_files(
@@ -125,7 +141,7 @@ def apply_recorded(
     recorded: Mapping[str, Any],
     overrides: Mapping[str, Any] | None = None,
 ) -> tuple[ml_collections.ConfigDict, list[str]]:
-    """`config` with the recorded `RECORDED_SECTIONS` fields, except those in `overrides`.
+    """`config` with the recorded `RECORDED_SECTIONS` and `RECORDED_FIELDS`, except `overrides`.
 
     `overrides` are the dotted fields given on the command line (absl's `--config.x.y=`), which
     win. Returns the new config and the dotted names whose value changed. Fields the recorded
@@ -136,7 +152,8 @@ def apply_recorded(
     current = flatten(config_dict(config))
     changed = []
     for name, value in flatten(recorded).items():
-        if name.split(".")[0] not in RECORDED_SECTIONS or name in overrides:
+        recorded_field = name.split(".")[0] in RECORDED_SECTIONS or name in RECORDED_FIELDS
+        if not recorded_field or name in overrides:
             continue
         if name not in current:
             continue

@@ -196,11 +196,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
     train_split = sources.get_split(config.data, config.data.train_split)
     eval_split = sources.get_split(config.data, config.data.eval_split)
     num_train = len(train_split.labels)
-    if config.data.num_classes != len(train_split.class_counts):
-        raise UserError(
-            f"data.num_classes={config.data.num_classes} but the dataset has "
-            f"{len(train_split.class_counts)} classes."
-        )
+    config = run_config.with_classes(config, train_split.class_names)  # the dataset's classes
     train_iter = pipeline.make_train_iterator(
         train_split,
         global_batch_size=config.input.batch_size,

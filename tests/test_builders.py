@@ -244,6 +244,7 @@ def test_folder_csv_short_side_and_label_layout(ham10000_dir, tmp_path):
         source=os.fspath(src),
         config="small",
         metadata="none",
+        class_names=CLASSES,  # the labels mix names and indices
         split_fractions="1",
         short_side=100,
     )

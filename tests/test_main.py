@@ -167,6 +167,7 @@ def test_missing_source_folder_and_checkpoint_are_user_errors(tmp_path):
 
 def test_suggested_class_names_fix_parses_when_pasted():
     data = common.base_config().data
+    data.num_classes = 7  # set fields check the dataset's classes
     names = ("nevus", "melanoma")
     with pytest.raises(UserError) as err:
         sources._check_classes(data, names, "/data/x")

@@ -28,6 +28,7 @@ EXPECTED = dict(np.load(FIXTURES / "expected.npz"))
 
 def _config(variant: str = "mu/8", size: int = 32, init: str = "", heads: bool = False):
     c = common.base_config()
+    c.data.num_classes = 7
     c.model.variant = variant
     c.model.image_size = size
     c.model.proj_hidden = 16

@@ -14,6 +14,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -70,6 +71,25 @@ class BuildReport:
             "unlisted_images": self.unlisted_images[:100],
             "warnings": self.warnings,
         }
+
+
+_STORAGE_NAME = re.compile(r"^(?P<images>original|short(?P<size>\d+))(?:_seed(?P<seed>\d+))?$")
+
+
+def storage_config_name(builder: str, name: str, seed: int | None = None) -> tuple[str, int, int]:
+    """(canonical name, short side, split seed) of a config named `(original|short<N>)` with an
+    optional `_seed<S>` (`seed` overrides it); 0 as short side keeps the original bytes."""
+    match = _STORAGE_NAME.match(name)
+    if match is None:
+        raise ValueError(
+            f"unknown {builder} config {name!r}; expected short256, original or short<N>, "
+            "optionally with _seed<S>"
+        )
+    short_side = int(match["size"] or 0)
+    if match["images"].startswith("short") and short_side <= 0:
+        raise ValueError(f"{name!r}: short<N> needs N > 0")
+    chosen_seed = seed if seed is not None else int(match["seed"] or 0)
+    return match["images"] + (f"_seed{chosen_seed}" if chosen_seed else ""), short_side, chosen_seed
 
 
 def features(
@@ -211,14 +231,19 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         )
 
     def _finish(
-        self, splits: Mapping[str, Sequence[Item]], report: BuildReport, source: str
+        self,
+        splits: Mapping[str, Sequence[Item]],
+        report: BuildReport,
+        source: str,
+        extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
         """Records labels, counts and the report in the metadata; returns the split generators.
 
         Refuses a train split with an empty class (`source` names the input in the message) and
         logs the report's warnings first; a dataset without a train split (a folder kept whole
         for evaluation) may miss classes. Items are written sorted by image id; the stored
-        labels follow the same order.
+        labels follow the same order. `extra` adds builder-specific entries to the metadata
+        block (e.g. clinical columns kept for later models).
         """
         class_names = self._class_names()
         if "train" in splits:
@@ -264,6 +289,7 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             "source_fingerprint": fingerprint.compute(
                 *self._fingerprint_roots(source), str(self.VERSION), self.recorded_params()
             ),
+            **(extra or {}),
         }
         return {name: self._generate_examples(items) for name, items in ordered.items()}
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from spmix_jax.errors import UserError
+from input_pipeline.errors import DataError
 
 # Extensions recognised as images; an id in a CSV may carry one of them (it is stripped).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -30,10 +30,6 @@ LESION_COLUMN = "lesion_id"
 LABEL_COLUMN = "label"
 # Problems printed in full in an error message; the rest are counted.
 MAX_PROBLEMS_SHOWN = 20
-
-
-class DataError(UserError):
-    """Bad input data; the message names the file, the CSV line and what was expected."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,6 +275,44 @@ def parse_label_rows(
         lesion = fields[lesion_col].strip() if lesion_col is not None else ""
         rows.append(LabelRow(image_id, label, lesion, source, line))
     return rows, problems
+
+
+def class_names_in_rows(
+    lines: Iterable[str], source: str, *, ignore_columns: Sequence[str] = ()
+) -> tuple[str, ...]:
+    """The classes a label CSV names, for a build not given a class list.
+
+    One-hot layout: the class columns in the header's order. `image,label` layout: the distinct
+    label values, sorted (case-insensitively distinct; the first spelling in sorted order is
+    kept). Integer labels (class indices) name no classes: the class list must then be given.
+    """
+    reader = csv.reader(lines)
+    header = _read_header(reader, source)
+    _check_header_unique(header, source)
+    image_col = _find_image_column(header, source)
+    known = {header[image_col], LESION_COLUMN, *ignore_columns}
+    if LABEL_COLUMN not in header:
+        columns = tuple(h for h in header if h not in known)
+        if not columns:
+            raise DataError(
+                f"{source}, line 1: no class columns; expected '{header[image_col]},label' or "
+                f"one-hot '{header[image_col]},CLASS1,CLASS2,...'"
+            )
+        return columns
+    label_col = header.index(LABEL_COLUMN)
+    values = {f[label_col].strip() for f in reader if len(f) > label_col and f[label_col].strip()}
+    if not values:
+        raise DataError(f"{source}: no labels in column 'label' (expected class names)")
+    indices = sorted(v for v in values if v.lstrip("-").isdigit())
+    if indices:
+        raise DataError(
+            f"{source}: labels such as {', '.join(indices[:5])} are class indices, which name "
+            "no classes; give the class names in label order with --class_names=NAME0,NAME1,..."
+        )
+    names: dict[str, str] = {}
+    for value in sorted(values):
+        names.setdefault(value.lower(), value)
+    return tuple(names.values())
 
 
 def parse_label_csv(

@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from configs.common import ISIC_CLASSES
 from input_pipeline.builders import base, csv_layout, image_files, splitting
 
-SPLIT_NAMES = ("train", "validation", "test")
+SPLIT_NAMES = splitting.SPLIT_NAMES
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 
 
@@ -35,7 +34,7 @@ class FolderCsvConfig(tfds.core.BuilderConfig):
     csv: str = ""
     metadata: str = ""
     images: str = ""
-    class_names: tuple[str, ...] = ISIC_CLASSES
+    class_names: tuple[str, ...] = ()
     split_fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     seed: int = 0
     short_side: int = 0
@@ -69,7 +68,7 @@ def folder_csv_config(
     csv: str = "labels.csv",
     metadata: str = "auto",
     images: str = "",
-    class_names: Sequence[str] = ISIC_CLASSES,
+    class_names: Sequence[str] = (),
     split_fractions: str | Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     short_side: int = 0,
@@ -77,7 +76,8 @@ def folder_csv_config(
     """A config for `source_dir`; relative `csv`, `metadata`, `images` are under `source_dir`.
 
     `metadata='auto'` uses `<source_dir>/metadata.csv` when it exists; `''` or `'none'` uses no
-    lesion CSV. `images=''` searches the whole `source_dir` for image files.
+    lesion CSV. `images=''` searches the whole `source_dir` for image files. Without
+    `class_names` the classes are those the CSV names (`csv_layout.class_names_in_rows`).
     """
     source = os.path.abspath(os.fspath(source_dir))
     if not os.path.isdir(source):
@@ -102,7 +102,9 @@ def folder_csv_config(
     fractions = parse_fractions(split_fractions)
     if short_side < 0:
         raise ValueError(f"short_side must be >= 0 (0 keeps the original bytes), got {short_side}")
-    if len(set(class_names)) != len(class_names) or not class_names:
+    if not class_names:  # the CSV names its classes (sorted labels, or one-hot columns)
+        class_names = csv_layout.class_names_in_rows(csv_layout.read_text(csv_path), csv_path)
+    if len(set(class_names)) != len(class_names) or not all(class_names):
         raise ValueError(f"class names must be unique and non-empty, got {class_names}")
     images_text = image_files.describe_storage(short_side)
     description = (
@@ -209,16 +211,6 @@ class FolderCsv(base.ArrayRecordBuilder):
             report.warnings.append(
                 f"{no_lesion} image(s) have no lesion id; each is its own group in the split"
             )
-        labels = np.asarray([it.label for it in items], np.int64)
         groups = [it.lesion_id or f"image:{it.image_id}" for it in items]
-        assignment = splitting.grouped_split(labels, groups, c.split_fractions, c.seed)
-        splits: dict[str, list[image_files.Item]] = {}
-        for index, (name, fraction) in enumerate(zip(SPLIT_NAMES, c.split_fractions, strict=False)):
-            if fraction <= 0:
-                continue
-            chosen = [it for it, a in zip(items, assignment, strict=True) if a == index]
-            if not chosen:
-                report.warnings.append(f"split {name} got no examples and is left out")
-                continue
-            splits[name] = chosen
+        splits = splitting.split_items(items, groups, c.split_fractions, c.seed, report.warnings)
         return self._finish(splits, report, c.csv)

@@ -400,3 +400,66 @@ def check_images(
             else:
                 problems.append(problem)
     return good, problems
+
+
+# ------------------------------------------------------------------------------------------
+# Official downloads: inputs shipped as a folder or a zip, possibly in several parts
+# ------------------------------------------------------------------------------------------
+def find_folder_or_zip(parent: str, names: Sequence[str]) -> str | None:
+    """`<parent>/<name>` as an extracted folder or as `<name>.zip`, for the first name present."""
+    for name in names:
+        folder = os.path.join(parent, name)
+        if os.path.isdir(folder):
+            return folder
+        archive = folder + ".zip"
+        if os.path.isfile(archive):
+            return archive
+    return None
+
+
+def merge_indexes(indexes: Sequence[ImageIndex]) -> ImageIndex:
+    """One index of several stores (a download in parts); an id in two parts is a
+    `duplicate_id` problem and left out, as within one store."""
+    refs: dict[str, list[ImageRef]] = collections.defaultdict(list)
+    problems: list[Problem] = []
+    duplicates: set[str] = set()
+    for index in indexes:
+        problems += index.problems
+        duplicates |= index.duplicates
+        for image_id, ref in index.refs.items():
+            refs[image_id].append(ref)
+    merged: dict[str, ImageRef] = {}
+    for image_id in sorted(refs):
+        locations = refs[image_id]
+        if len(locations) == 1 and image_id not in duplicates:
+            merged[image_id] = locations[0]
+        elif image_id not in duplicates:
+            duplicates.add(image_id)
+            shown = ", ".join(str(r) for r in locations)
+            problems.append(
+                Problem(
+                    "duplicate_id",
+                    str(locations[1]),
+                    0,
+                    image_id,
+                    f"image id {image_id} has {len(locations)} files ({shown}); expected one "
+                    "file per id",
+                )
+            )
+    return ImageIndex(", ".join(i.root for i in indexes), merged, problems, duplicates)
+
+
+def unlabelled_images(index: ImageIndex, listed: set[str], source: str) -> list[Problem]:
+    """A `no_label_row` problem for every image of `index` that the label CSV `source` does
+    not list: an official download labels every image it ships."""
+    return [
+        Problem(
+            "no_label_row",
+            str(index.refs[image_id]),
+            0,
+            image_id,
+            f"image {image_id} has no row in {source}; expected every image of {index.root} to "
+            "have ground truth",
+        )
+        for image_id in sorted(set(index.refs) - listed)
+    ]

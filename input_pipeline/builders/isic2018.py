@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from configs.common import ISIC_CLASSES
 from input_pipeline.builders import base, csv_layout, image_files, splitting
 
+# The seven diagnoses of ISIC 2018 Task 3 / HAM10000, in the ground-truth CSVs' column order.
+ISIC_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 OFFICIAL_COUNTS = {"train": 10015, "validation": 193, "test": 1512}
 RELEASED_HOLDOUT = 46
 # The released code's split lists (image_id, label, split = train | heldout), package data.
@@ -243,17 +244,6 @@ def required_version(name: str) -> tuple[int, int, int] | None:
 # ------------------------------------------------------------------------------------------
 # Planning from the manual dir (pure functions of the files found)
 # ------------------------------------------------------------------------------------------
-def _find_input(manual_dir: str, names: tuple[str, ...]) -> str | None:
-    for name in names:
-        folder = os.path.join(manual_dir, name)
-        if os.path.isdir(folder):
-            return folder
-        archive = folder + ".zip"
-        if os.path.isfile(archive):
-            return archive
-    return None
-
-
 def _read_ground_truth(manual_dir: str, stem: str) -> tuple[str, bytes] | None:
     """(display name, bytes) of `<stem>_GroundTruth.csv`, from a folder, the top, or a zip."""
     gt = f"{stem}_GroundTruth"
@@ -291,7 +281,7 @@ def plan_isic2018(
     parts: dict[str, list[image_files.Item]] = {}
     seen: dict[str, str] = {}  # image id -> split, to catch ids in two splits
     for split, stem, input_names in _PARTS:
-        input_path = _find_input(manual_dir, input_names)
+        input_path = image_files.find_folder_or_zip(manual_dir, input_names)
         gt = _read_ground_truth(manual_dir, stem)
         if split == "train" and (input_path is None or gt is None):
             missing = input_names[0] if input_path is None else f"{stem}_GroundTruth.csv"
@@ -316,18 +306,7 @@ def plan_isic2018(
                 rows, index, lesions if split == "train" else None
             )
             problems += match_problems
-            listed = {r.image_id for r in rows}
-            for image_id in sorted(set(index.refs) - listed):
-                problems.append(
-                    csv_layout.Problem(
-                        "no_label_row",
-                        str(index.refs[image_id]),
-                        0,
-                        image_id,
-                        f"image {image_id} has no row in {source}; expected every image of "
-                        f"{input_names[0]} to have ground truth",
-                    )
-                )
+            problems += image_files.unlabelled_images(index, {r.image_id for r in rows}, source)
         else:
             report.warnings.append(
                 f"{stem}_GroundTruth.csv not found: split {split} is stored with label -1"

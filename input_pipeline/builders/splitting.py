@@ -12,6 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from input_pipeline.builders.csv_layout import DataError
+from input_pipeline.builders.image_files import Item
+
+SPLIT_NAMES = ("train", "validation", "test")
 
 
 def grouped_split(
@@ -85,3 +88,41 @@ def holdout_per_class(
             )
         mask[candidates[rng.choice(len(candidates), per_class, replace=False)]] = True
     return mask
+
+
+def split_items(
+    items: Sequence[Item],
+    groups: Sequence[str],
+    fractions: Sequence[float],
+    seed: int,
+    warnings: list[str],
+) -> dict[str, list[Item]]:
+    """`items` dealt to train / validation / test (as many as `fractions`) by `grouped_split`.
+
+    A split with fraction 0 is left out; one that gets no items is left out with a warning
+    appended to `warnings`.
+    """
+    labels = np.asarray([it.label for it in items], np.int64)
+    assignment = grouped_split(labels, groups, fractions, seed)
+    splits: dict[str, list[Item]] = {}
+    for index, (name, fraction) in enumerate(zip(SPLIT_NAMES, fractions, strict=False)):
+        if fraction <= 0:
+            continue
+        chosen = [it for it, a in zip(items, assignment, strict=True) if a == index]
+        if not chosen:
+            warnings.append(f"split {name} got no examples and is left out")
+            continue
+        splits[name] = chosen
+    return splits
+
+
+def groups_on_two_sides(splits: dict[str, list[Item]], group_of: dict[str, str]) -> list[str]:
+    """Groups (lesions, patients) whose images fall in more than one split; [] when none."""
+    seen: dict[str, str] = {}
+    crossing: set[str] = set()
+    for name, items in splits.items():
+        for it in items:
+            group = group_of[it.image_id]
+            if seen.setdefault(group, name) != name:
+                crossing.add(group)
+    return sorted(crossing)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from configs.common import ISIC_CLASSES
+from input_pipeline.builders.isic2018 import ISIC_CLASSES
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
