@@ -9,6 +9,7 @@ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), whose std is that bound / sqrt(3).
 from __future__ import annotations
 
 import math
+import pathlib
 
 import jax
 import numpy as np
@@ -104,3 +105,20 @@ def test_xavier_keeps_the_jax_vit_init():
 def test_unknown_scheme_is_refused():
     with pytest.raises(ValueError, match="model.init"):
         inits.scheme("kaiming")
+
+
+def test_a_pretrained_start_is_the_same_under_either_scheme():
+    """The scheme decides only what the file does not hold: here the heads, not the backbone."""
+    from spmix_jax import pretrained
+
+    file = pathlib.Path(__file__).parent / "fixtures" / "pretrained" / "vit_mu8.safetensors"
+    loaded = {}
+    for name in inits.INITS:
+        config = tiny.get_config()
+        config.model.image_size = 32
+        config.model.init_from = str(file)
+        config.model.init = name
+        loaded[name] = pretrained.init_variables(config, jax.random.PRNGKey(0))["params"]
+    timm, xavier = loaded["timm"], loaded["xavier"]
+    jax.tree.map(np.testing.assert_array_equal, timm["backbone"], xavier["backbone"])
+    assert not np.array_equal(timm["classifier"]["bias"], xavier["classifier"]["bias"])
