@@ -15,7 +15,7 @@ import pytest
 
 from configs import ham10000, isic2018, tiny
 from input_pipeline import pipeline
-from spmix_jax import augment, step, train
+from spmix_jax import augment, evaluate, step, train
 from spmix_jax.models import SPMixNet, make_model
 
 
@@ -95,3 +95,20 @@ def test_trainer_gives_the_iterator_the_configured_aspect(tmp_path, monkeypatch)
         train.train_and_evaluate(config, str(tmp_path / "run"))
     size = config.data.image_size
     assert seen["shape"][1:] == (size, round(size * 4.0 / 3.0), 3)
+
+
+@pytest.mark.slow  # a whole (tiny) training run in this process
+def test_trainer_evaluates_every_configured_fraction_of_an_epoch(tmp_path, monkeypatch):
+    """train.eval_every_epochs sets the trainer's evaluation (and best-checkpoint) cadence."""
+    config = tiny.get_config("steps=3,method=ce")
+    config.train.eval_every_epochs = 0.1  # 160 images / 16 = 10 steps an epoch: every step
+    real = evaluate.evaluate_split
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train.evaluate, "evaluate_split", counted)
+    assert train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert len(calls) == 3
