@@ -89,15 +89,14 @@ def test_recipe_holds_the_released_value(line, field, cell):
             pytest.skip(f"config field {field} does not exist yet (row {line!r})")
         node = node[part]
     expected = _value(cell)
-    assert node == pytest.approx(expected) if not isinstance(expected, str) else node == expected, (
-        f"docs/method.md row {line!r}: {field} is {node!r} in recipe=released, table says "
+    message = (
+        f"docs/method.md row {line!r}: {field} is {node!r} in recipe=released, the table says "
         f"{expected!r}"
     )
-    assert type(node) is type(expected) or isinstance(expected, (int, float, tuple)), (
-        field,
-        node,
-        expected,
-    )
+    if isinstance(expected, (str, bool)):
+        assert type(node) is type(expected) and node == expected, message
+    else:
+        assert node == pytest.approx(expected), message
 
 
 def test_batch_scales_the_released_run_out_and_says_so():
