@@ -120,7 +120,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.proj_hidden = 4096
     c.model.proj_dim = 256
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
-    c.model.bn_group_size = 0  # BatchNorm statistics over groups of this many examples (0: global)
+    c.model.bn_group_size = 0  # BatchNorm over groups of this many images in trunk and heads
+    c.model.init = "timm"  # from-scratch init: timm (timm / PyTorch, as released) | xavier
     # Pretrained start (docs/pretrained.md): a timm .safetensors (ViT, hybrid or bare resnet50d),
     # an original-ViT or big_vision .npz, or a workdir / Orbax checkpoint of this project.
     c.model.init_from = ""  # "" = random init
@@ -169,6 +170,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.log_every = 50
     c.train.eval_every = 1000
+    c.train.eval_every_epochs = 0.0  # > 0: evaluate every this many epochs instead (released: 1)
     c.train.checkpoint_every = 1000
     c.train.keep_checkpoints = 3
     c.train.max_steps_per_run = 0  # > 0: stop after this many steps in one process (testing)
@@ -211,7 +213,9 @@ METHODS: dict[str, tuple[str, str, str, dict[str, object]]] = {
         "ce",
         {"mix.method": "saliencymix"},
     ),
+    "gpaco_balanced": ("class-balanced", "none", "gpaco", {"mix.method": "none"}),
     "spmix": ("class-balanced primary, instance secondary", "spmix", "gpaco", {}),
+    "spmix_ce": ("class-balanced primary, instance secondary", "spmix", "ce", {}),
     "spmix_global": ("as spmix", "spmix, one ratio per image", "gpaco", {"mix.ratio": "global"}),
     "spmix_random": ("as spmix", "spmix, random ratios", "gpaco", {"mix.ratio": "random"}),
     "spmix_instance": (

@@ -11,16 +11,22 @@ split (short256 | released: the released code's pooled split, 46 per class held 
 epochs (default 500), primary (balanced | instance), key (ema | shared), runlocal (a tiny smoke
 run), recipe and init (docs/pretrained.md):
 
-* recipe= (default): the paper's settings, ViT from scratch unless init= names a checkpoint;
-* recipe=released: the released code's recipe: R50d+timm_small/16 at 224 whose ResNet-50d trunk
-  starts from init= (timm's resnet50d ImageNet model.safetensors), AdamW 5e-6 at batch 16
-  (scaled), weight decay 0.1 on every parameter, 500 epochs with the per-epoch schedule and 10
-  warmup epochs, the released queue initialisation; instance primary sampling, shared key
-  encoder, saliency noise 0.5:
+* recipe= (default): the paper's settings at batch 128, ViT from scratch unless init= names a
+  checkpoint;
+* recipe=released: the released script, field for field (docs/method.md section 12 lists each
+  value and the field that holds it): R50d+timm_small/16 at 224 whose ResNet-50d trunk starts
+  from init= (timm's resnet50d ImageNet model.safetensors), the released split (322 held out),
+  batch 16 at AdamW 5e-6, weight decay 0.1 on every parameter, 500 epochs with the per-epoch
+  schedule and 10 warmup epochs, instance primary, shared key encoder with the key logits from
+  the query branch, the released queue initialisation, saliency noise 0.5, BatchNorm over
+  groups of 16 in trunk and heads, evaluation and best-checkpoint selection every epoch:
 
     python -m spmix_jax.main \
         --config=configs/isic2018.py:recipe=released,init=/ckpt/resnet50d.safetensors \
         --config.data.data_dir=DATA --workdir=WORKDIR
+
+  batch= scales it out: the learning rate grows linearly with the batch (batch=128 gives 4e-5)
+  and BatchNorm keeps groups of 16, as 8 devices of 16 would; the trainer prints that line.
 
 * recipe=finetune: ViT fine-tuning from an ImageNet-21k checkpoint in init= (default variant
   B/16): AdamW 1e-4 at batch 512 (scaled), weight decay 0.05, 100 epochs, 5 warmup, gradient
@@ -30,18 +36,19 @@ run), recipe and init (docs/pretrained.md):
         --config=configs/isic2018.py:recipe=finetune,variant=B/16,init=/ckpt/ViT-B_16.npz \
         --config.data.data_dir=DATA --workdir=WORKDIR
 
-Arguments given explicitly (variant, epochs, primary, key) override the recipe's values.
+Arguments given explicitly (variant, split, batch, epochs, primary, key) override the recipe's
+values.
 """
 
 import os
 
 from configs import common
 
-# Per recipe: variant, epochs, warmup epochs, primary sampling, key encoder.
+# Per recipe: variant, epochs, warmup epochs, primary sampling, key encoder, split, batch.
 RECIPES = {
-    "": ("S/16", 500.0, 10.0, "balanced", "ema"),
-    "released": ("R50d+timm_small/16", 500.0, 10.0, "instance", "shared"),
-    "finetune": ("B/16", 100.0, 5.0, "balanced", "ema"),
+    "": ("S/16", 500.0, 10.0, "balanced", "ema", "short256", 128),
+    "released": ("R50d+timm_small/16", 500.0, 10.0, "instance", "shared", "released", 16),
+    "finetune": ("B/16", 100.0, 5.0, "balanced", "ema", "short256", 128),
 }
 
 
@@ -50,8 +57,8 @@ def get_config(arg: str | None = None):
         arg,
         variant="",  # "" = the recipe's
         saliency="fine_grained",
-        split="short256",
-        batch=128,
+        split="",  # "" = the recipe's
+        batch=0,  # 0 = the recipe's
         epochs=0.0,  # 0 = the recipe's
         primary="",  # "" = the recipe's
         key="",  # "" = the recipe's
@@ -61,14 +68,13 @@ def get_config(arg: str | None = None):
     )
     if a.recipe not in RECIPES:
         raise ValueError(f"Unknown recipe {a.recipe!r}; known: {sorted(RECIPES)}")
-    recipe = RECIPES[a.recipe]
+    variant, epochs, warmup, primary, key, split, batch = RECIPES[a.recipe]
     c = common.base_config()
     c.data.name = "isic2018"
-    c.data.builder_config = a.split
+    c.data.builder_config = a.split or split
     c.data.data_dir = os.environ.get("SPMIX_DATA_DIR", os.path.expanduser("~/spmix_data"))
     c.data.image_size = 256
     c.data.image_aspect = 4.0 / 3.0  # 600x450 images: 256x341 frames, crops from the whole image
-    variant, epochs, warmup, primary, key = recipe
     c.model.variant = a.variant or variant
     c.model.image_size = 224
     c.model.key_encoder = a.key or key
@@ -76,24 +82,29 @@ def get_config(arg: str | None = None):
     c.model.init_from = a.init
     c.saliency.method = a.saliency
     c.mix.primary = a.primary or primary
-    c.input.batch_size = a.batch
+    c.input.batch_size = a.batch or batch
     c.input.eval_batch_size = 256
     c.input.worker_count = 8
     c.loss.queue_size = 8192
     c.optim.epochs = a.epochs or epochs
     c.optim.warmup_epochs = warmup
     if a.recipe == "released":
-        # AdamW 5e-6 at batch 16 (scaled linearly), wd 0.1: the common defaults, spelled out.
-        c.optim.base_lr = 5e-6
+        # The released script's values (docs/method.md section 12 maps each one to its field).
+        c.optim.base_lr = 5e-6  # at batch 16; batch= scales it linearly
         c.optim.base_batch = 16
         c.optim.weight_decay = 0.1
         c.optim.decay_all = True  # AdamW over model.parameters(): biases and norms decay too
         c.optim.schedule = "released"  # set per epoch, warmup from lr / 10
         c.loss.queue_init = "released"  # randn(K, d) normalised along the queue axis
+        c.loss.key_logits_from_query = True  # logits_k = linear(feat_avg_q)
         c.mix.noise = 0.5  # the released per-pixel noise on the standardised saliency map
-        # The released code also takes the key branch's logits from the query branch; switch it
-        # on with --config.loss.key_logits_from_query=True.
-        c.loss.key_logits_from_query = False
+        c.model.bn_group_size = 16  # BatchNorm over each call's 16 images, trunk and heads
+        c.model.init = "timm"  # timm's ViT init, PyTorch's Linear init in the heads
+        c.train.eval_every_epochs = 1.0  # validate and keep the best checkpoint every epoch
+        # Saliency from the stored frame, warped with each view, filled as the released maps are.
+        for field, value in (("source", "frame"), ("fill", "released")):
+            if field in c.saliency:
+                c.saliency[field] = value
     elif a.recipe == "finetune":
         c.optim.base_lr = 1e-4
         c.optim.base_batch = 512
@@ -119,5 +130,6 @@ def get_config(arg: str | None = None):
         c.optim.total_steps = 10
         c.train.log_every = 5
         c.train.eval_every = 10
+        c.train.eval_every_epochs = 0.0
         c.train.checkpoint_every = 10
     return c

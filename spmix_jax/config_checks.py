@@ -12,7 +12,7 @@ from input_pipeline import sampling, sources
 from spmix_jax import ema, key_encoder, losses, mixing, optimizer, saliency, sharding
 from spmix_jax import queue as queue_lib
 from spmix_jax.errors import UserError
-from spmix_jax.models import decode_variant
+from spmix_jax.models import decode_variant, inits
 from spmix_jax.models.spmix_net import COMPUTE_DTYPES
 
 # Valid values of each switch, taken from the module that implements it.
@@ -21,6 +21,7 @@ CHOICES = {
     "model.key_encoder": tuple(key_encoder.MODES),
     "model.ema_schedule": ema.MOMENTUM_SCHEDULES,
     "model.dtype": tuple(COMPUTE_DTYPES),
+    "model.init": inits.INITS,
     "saliency.method": saliency.METHODS,
     "saliency.score": saliency.SCORES,
     "mix.method": tuple(mixing.MIXERS),
@@ -126,6 +127,7 @@ RANGES: tuple[tuple[str, float, float, bool], ...] = (
     ("optim.grad_clip", 0.0, math.inf, True),
     ("train.log_every", 1, math.inf, True),
     ("train.eval_every", 1, math.inf, True),
+    ("train.eval_every_epochs", 0.0, math.inf, True),
     ("train.checkpoint_every", 1, math.inf, True),
     ("train.keep_checkpoints", 1, math.inf, True),
     ("train.max_steps_per_run", 0, math.inf, True),

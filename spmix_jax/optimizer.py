@@ -23,6 +23,15 @@ def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
     return max(1, num_train // config.input.batch_size)
 
 
+def eval_every_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
+    """Steps between evaluations: `train.eval_every_epochs` epochs when set, else `eval_every`."""
+    if config.train.get("eval_every_epochs", 0.0) > 0:
+        return max(
+            1, int(round(config.train.eval_every_epochs * steps_per_epoch(config, num_train)))
+        )
+    return int(config.train.eval_every)
+
+
 def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
     """`optim.total_steps` when set, else `optim.epochs` worth of steps."""
     if config.optim.total_steps > 0:
@@ -48,13 +57,32 @@ def released_schedule(peak: float, warmup_epochs: float, epochs: float, per_epoc
     return schedule
 
 
+def peak_lr(config: ml_collections.ConfigDict) -> float:
+    """base_lr * batch / base_batch: the rate set at `optim.base_batch`, scaled linearly."""
+    return config.optim.base_lr * config.input.batch_size / config.optim.base_batch
+
+
+def scaling_note(config: ml_collections.ConfigDict) -> str | None:
+    """One line saying that the run's batch differs from the recipe's and how the rate follows."""
+    batch, base = config.input.batch_size, config.optim.base_batch
+    if batch == base:
+        return None
+    groups = config.model.bn_group_size
+    bn = f"BatchNorm over groups of {groups}" if groups else "BatchNorm over the whole batch"
+    return (
+        f"Batch {batch}, not optim.base_batch={base}: learning rate scaled linearly to "
+        f"{peak_lr(config):.3g} (optim.base_lr={config.optim.base_lr:g} x {batch} / {base}); "
+        f"{bn}."
+    )
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_train: int) -> optax.Schedule:
     """Linear warmup then cosine to 0; peak lr = base_lr * batch / base_batch (linear scaling).
 
     `optim.schedule='per_step'` steps it every step from 0; 'released' sets it once per epoch
     as the released code does (`released_schedule`).
     """
-    peak = config.optim.base_lr * config.input.batch_size / config.optim.base_batch
+    peak = peak_lr(config)
     total = total_steps(config, num_train)
     if config.optim.get("schedule", "per_step") == "released":
         per_epoch = steps_per_epoch(config, num_train)

@@ -271,7 +271,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
     stop_at = num_steps
     if config.train.max_steps_per_run > 0:
         stop_at = min(num_steps, start + config.train.max_steps_per_run)
-    log_every, eval_every = config.train.log_every, config.train.eval_every
+    log_every = config.train.log_every
+    eval_every = optimizer.eval_every_steps(config, num_train)
     ckpt_every = config.train.checkpoint_every
     acc = None
     t_last, step_last = time.time(), start
@@ -281,6 +282,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
         f"({jax.devices()[0].platform}); workdir {workdir}",
         flush=True,
     )
+    if (note := optimizer.scaling_note(config)) is not None:
+        print(note, flush=True)
     for step in range(start + 1, stop_at + 1):
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             batch = sharding.global_batch(data_wait.fetch(lambda: next(train_iter)), mesh)

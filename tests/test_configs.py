@@ -92,5 +92,16 @@ def test_method_presets_set_what_they_name():
     assert get("spmix_global").mix.ratio == "global"
     assert get("spmix_shared").model.key_encoder == "shared"
     assert get("spmix_gradient").saliency.method == "gradient"
+    # The factor-separating presets: SPMix's pairs and mixing with plain CE on the primary's
+    # label; GPaCo on the class-balanced primary without mixing.
+    spmix_ce, gpaco_balanced = get("spmix_ce"), get("gpaco_balanced")
+    assert (spmix_ce.mix.method, spmix_ce.mix.primary, spmix_ce.loss.name) == (
+        "spmix",
+        "balanced",
+        "ce",
+    )
+    assert spmix_ce.to_dict() == {**get("spmix").to_dict(), "loss": spmix_ce.loss.to_dict()}
+    assert (gpaco_balanced.mix.method, gpaco_balanced.mix.primary) == ("none", "balanced")
+    assert gpaco_balanced.loss.name == "gpaco"
     with pytest.raises(ValueError, match="Unknown method"):
         common.apply_method(tiny.get_config(), "nope")

@@ -164,3 +164,20 @@ def test_spmixnet_heads_shapes_norms_and_bf16():
     l16 = net16.apply(variables, images, method=SPMixNet.logits)
     assert l16.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(l16), np.asarray(logits), atol=0.1)
+
+
+def test_trunk_batchnorm_groups_normalise_each_group_alone():
+    """bn_group_size reaches the hybrid's ResNet trunk: a batch of 8 in groups of 4 gives, in
+    training mode, what each half gives alone with whole-batch statistics."""
+    images = jax.random.uniform(jax.random.PRNGKey(0), (8, 32, 32, 3))
+    grouped = ViT("Rmu+mu/16", image_size=32, bn_group_size=4)
+    variables = grouped.init(jax.random.PRNGKey(1), images)
+
+    def tokens(model):
+        embed = jax.jit(lambda x: model.apply(variables, x, True, method=ViT.embed, mutable=True))
+        return lambda x: np.asarray(embed(x)[0])
+
+    whole = tokens(ViT("Rmu+mu/16", image_size=32))
+    halves = np.concatenate([whole(images[:4]), whole(images[4:])])
+    np.testing.assert_allclose(tokens(grouped)(images), halves, atol=1e-4)
+    assert np.abs(whole(images) - halves).max() > 1e-3  # the groups do change the output

@@ -7,7 +7,9 @@ of a strided block average-pools 2x2 with ceil mode before its 1x1 convolution).
 explicit and symmetric, as PyTorch pads, so pretrained timm weights give timm's activations.
 
 BatchNorm (eps 1e-5, PyTorch momentum 0.1) uses batch statistics and updates its running
-averages in the `batch_stats` collection when `train=True`, and the running averages otherwise.
+averages in the `batch_stats` collection when `train=True`, and the running averages otherwise;
+`bn_group_size` takes those statistics over groups of that many images, as per-device BatchNorm
+in data-parallel PyTorch does (0: the global batch).
 PyTorch updates the running variance with the unbiased batch variance, Flax with the biased one;
 inference is identical, the running averages drift by a factor n / (n - 1) of the update.
 """
@@ -22,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from spmix_jax.models.batchnorm import GroupBatchNorm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,31 +68,26 @@ class BottleneckD(nn.Module):
 
     width: int
     stride: int = 1
+    bn_group_size: int = 0
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         out = self.width * EXPANSION
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
-        y = nn.relu(norm(name="bn1")(conv(self.width, (1, 1), name="conv1")(x)))
+        norm = functools.partial(GroupBatchNorm, self.bn_group_size, dtype=self.dtype)
+        y = nn.relu(norm(name="bn1")(conv(self.width, (1, 1), name="conv1")(x), train))
         y = conv(self.width, (3, 3), strides=self.stride, padding=_PAD1, name="conv2")(y)
-        y = nn.relu(norm(name="bn2")(y))
+        y = nn.relu(norm(name="bn2")(y, train))
         y = conv(out, (1, 1), name="conv3")(y)
         # Residual branch starts near zero, as timm's zero_init_last.
-        y = norm(scale_init=nn.initializers.zeros, name="bn3")(y)
+        y = norm(scale_init=nn.initializers.zeros, name="bn3")(y, train)
         shortcut = x
         if self.stride > 1 or x.shape[-1] != out:
             if self.stride > 1:
                 shortcut = avg_pool_ceil(shortcut, self.stride)
             shortcut = conv(out, (1, 1), name="down_conv")(shortcut)
-            shortcut = norm(name="down_bn")(shortcut)
+            shortcut = norm(name="down_bn")(shortcut, train)
         return nn.relu(y + shortcut)
 
 
@@ -96,6 +95,7 @@ class ResNetTrunk(nn.Module):
     """Images (B, H, W, 3) -> feature map (B, H/16, W/16, 4 * widths[-1])."""
 
     trunk: str = "R50d"
+    bn_group_size: int = 0
     dtype: Any = jnp.float32
 
     @property
@@ -124,17 +124,13 @@ class ResNetTrunk(nn.Module):
                 kernel_init=_conv_init,
                 name=f"stem_conv{i}",
             )(x)
-            x = nn.BatchNorm(
-                use_running_average=not train,
-                momentum=0.9,
-                epsilon=1e-5,
-                dtype=self.dtype,
-                name=f"stem_bn{i}",
-            )(x)
+            x = GroupBatchNorm(self.bn_group_size, dtype=self.dtype, name=f"stem_bn{i}")(x, train)
             x = nn.relu(x)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_PAD1)
         for s, (depth, width) in enumerate(zip(spec.depths, spec.widths, strict=True), start=1):
             for b in range(depth):
                 stride = 2 if (b == 0 and s > 1) else 1
-                x = BottleneckD(width, stride, dtype=self.dtype, name=f"layer{s}_{b}")(x, train)
+                x = BottleneckD(
+                    width, stride, self.bn_group_size, dtype=self.dtype, name=f"layer{s}_{b}"
+                )(x, train)
         return x

@@ -10,51 +10,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from spmix_jax.mixing import mix_tokens
-from spmix_jax.models.vit import ViT
-
-
-class GroupBatchNorm(nn.Module):
-    """BatchNorm whose statistics are taken over the global batch or over groups of it.
-
-    `group_size == 0` uses the whole (global, possibly sharded) batch, which under `jax.jit` is a
-    cross-device reduction. A positive `group_size` splits the batch into consecutive groups of
-    that many rows (as per-device BatchNorm does in data-parallel PyTorch) and normalises each
-    group with its own statistics; running averages use the mean over groups.
-    """
-
-    group_size: int = 0
-    use_scale: bool = True
-    use_bias: bool = True
-    momentum: float = 0.9
-    epsilon: float = 1e-5
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        features = x.shape[-1]
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
-        xf = x.astype(jnp.float32)
-        if train:
-            b = xf.shape[0]
-            g = self.group_size if 0 < self.group_size < b else b
-            if b % g:
-                raise ValueError(f"Batch {b} is not divisible by model.bn_group_size={g}.")
-            grouped = xf.reshape(b // g, g, features)
-            mean = grouped.mean(axis=1, keepdims=True)
-            var = jnp.square(grouped - mean).mean(axis=1, keepdims=True)
-            y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(xf.shape)
-            if not self.is_initializing():
-                m = self.momentum
-                ra_mean.value = m * ra_mean.value + (1 - m) * mean.mean(axis=(0, 1))
-                ra_var.value = m * ra_var.value + (1 - m) * var.mean(axis=(0, 1))
-        else:
-            y = (xf - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
-        if self.use_scale:
-            y = y * self.param("scale", nn.initializers.ones, (features,), jnp.float32)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-        return y.astype(self.dtype)
+from spmix_jax.models import inits
+from spmix_jax.models.batchnorm import GroupBatchNorm
+from spmix_jax.models.vit import ViT, decode_variant
 
 
 class Projector(nn.Module):
@@ -64,14 +22,18 @@ class Projector(nn.Module):
     out: int = 256
     bn_group_size: int = 0
     dtype: Any = jnp.float32
+    init_scheme: str = "timm"  # model.init (models/inits.py)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        kernel = inits.scheme(self.init_scheme).head_kernel
         for i in range(2):
-            x = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, name=f"fc{i}")(x)
+            x = nn.Dense(
+                self.hidden, use_bias=False, dtype=self.dtype, kernel_init=kernel, name=f"fc{i}"
+            )(x)
             x = GroupBatchNorm(self.bn_group_size, dtype=self.dtype, name=f"bn{i}")(x, train)
             x = nn.relu(x)
-        x = nn.Dense(self.out, use_bias=False, dtype=self.dtype, name="fc2")(x)
+        x = nn.Dense(self.out, use_bias=False, dtype=self.dtype, kernel_init=kernel, name="fc2")(x)
         return GroupBatchNorm(
             self.bn_group_size, use_scale=False, use_bias=False, dtype=self.dtype, name="bn2"
         )(x, train)
@@ -84,12 +46,16 @@ class Predictor(nn.Module):
     out: int = 256
     bn_group_size: int = 0
     dtype: Any = jnp.float32
+    init_scheme: str = "timm"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, name="fc0")(x)
+        kernel = inits.scheme(self.init_scheme).head_kernel
+        x = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, kernel_init=kernel, name="fc0")(
+            x
+        )
         x = nn.relu(GroupBatchNorm(self.bn_group_size, dtype=self.dtype, name="bn0")(x, train))
-        x = nn.Dense(self.out, use_bias=False, dtype=self.dtype, name="fc1")(x)
+        x = nn.Dense(self.out, use_bias=False, dtype=self.dtype, kernel_init=kernel, name="fc1")(x)
         return GroupBatchNorm(
             self.bn_group_size, use_scale=False, use_bias=False, dtype=self.dtype, name="bn1"
         )(x, train)
@@ -115,16 +81,32 @@ class SPMixNet(nn.Module):
     proj_dim: int = 256
     bn_group_size: int = 0
     dtype: Any = jnp.float32
+    init_scheme: str = "timm"  # model.init (models/inits.py)
 
     def setup(self) -> None:
-        self.backbone = ViT(self.variant, self.image_size, dtype=self.dtype, name="backbone")
+        self.backbone = ViT(
+            self.variant,
+            self.image_size,
+            dtype=self.dtype,
+            bn_group_size=self.bn_group_size,
+            init_scheme=self.init_scheme,
+            name="backbone",
+        )
+        heads = dict(dtype=self.dtype, init_scheme=self.init_scheme)
         self.projector = Projector(
-            self.proj_hidden, self.proj_dim, self.bn_group_size, self.dtype, name="projector"
+            self.proj_hidden, self.proj_dim, self.bn_group_size, **heads, name="projector"
         )
         self.predictor = Predictor(
-            self.proj_hidden, self.proj_dim, self.bn_group_size, self.dtype, name="predictor"
+            self.proj_hidden, self.proj_dim, self.bn_group_size, **heads, name="predictor"
         )
-        self.classifier = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")
+        scheme = inits.scheme(self.init_scheme)
+        self.classifier = nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            kernel_init=scheme.head_kernel,
+            bias_init=scheme.head_bias(decode_variant(self.variant).width),
+            name="classifier",
+        )
 
     def embed(self, images: jax.Array, train: bool = False) -> jax.Array:
         """Images (B, H, W, 3) -> patch tokens (B, P, D)."""
@@ -200,4 +182,5 @@ def make_model(config: ml_collections.ConfigDict) -> SPMixNet:
         proj_dim=config.model.proj_dim,
         bn_group_size=config.model.bn_group_size,
         dtype=COMPUTE_DTYPES[config.model.dtype],
+        init_scheme=config.model.get("init", "timm"),
     )

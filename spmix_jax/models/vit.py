@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from spmix_jax.models import inits
 from spmix_jax.models.resnet import TRUNK_STRIDE, TRUNKS, ResNetTrunk
 
 _VARIANTS = {
@@ -74,15 +75,17 @@ def decode_variant(variant: str) -> ViTSpec:
 class MlpBlock(nn.Module):
     mlp_dim: int
     dtype: Any = jnp.float32
+    init_scheme: str = "timm"  # model.init (models/inits.py)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
+        scheme = inits.scheme(self.init_scheme)
         dense = lambda n, name: nn.Dense(  # noqa: E731
             n,
             dtype=self.dtype,
-            kernel_init=nn.initializers.xavier_uniform(),
-            bias_init=nn.initializers.normal(stddev=1e-6),
+            kernel_init=scheme.vit_kernel,
+            bias_init=scheme.mlp_bias,
             name=name,
         )
         x = dense(self.mlp_dim, "fc1")(x)
@@ -96,6 +99,7 @@ class EncoderBlock(nn.Module):
     mlp_dim: int
     num_heads: int
     dtype: Any = jnp.float32
+    init_scheme: str = "timm"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -103,12 +107,12 @@ class EncoderBlock(nn.Module):
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
             dtype=self.dtype,
-            kernel_init=nn.initializers.xavier_uniform(),
+            kernel_init=inits.scheme(self.init_scheme).vit_kernel,
             name="attn",
         )(y, y)
         x = x + y
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
-        y = MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+        y = MlpBlock(self.mlp_dim, dtype=self.dtype, init_scheme=self.init_scheme, name="mlp")(y)
         return x + y
 
 
@@ -118,6 +122,8 @@ class ViT(nn.Module):
     variant: str = "S/16"
     image_size: int = 224
     dtype: Any = jnp.float32
+    bn_group_size: int = 0  # the hybrid trunk's BatchNorm groups (model.bn_group_size)
+    init_scheme: str = "timm"  # model.init (models/inits.py)
 
     @property
     def spec(self) -> ViTSpec:
@@ -135,8 +141,13 @@ class ViT(nn.Module):
                 f"model.image_size={self.image_size} is not a multiple of the patch size "
                 f"{spec.patch_size} of variant {self.variant!r}."
             )
+        scheme = inits.scheme(self.init_scheme)
+        in_channels = 3
         if spec.hybrid:
-            self.trunk = ResNetTrunk(spec.trunk, dtype=self.dtype, name="trunk")
+            self.trunk = ResNetTrunk(
+                spec.trunk, bn_group_size=self.bn_group_size, dtype=self.dtype, name="trunk"
+            )
+            in_channels = TRUNKS[spec.trunk].widths[-1] * 4
         # A hybrid projects the trunk's features with a 1x1 convolution (timm's HybridEmbed).
         kernel = 1 if spec.hybrid else spec.patch_size
         self.patch_embed = nn.Conv(
@@ -145,14 +156,22 @@ class ViT(nn.Module):
             strides=(kernel, kernel),
             padding="VALID",
             dtype=self.dtype,
+            kernel_init=scheme.embed_kernel,
+            bias_init=scheme.embed_bias(in_channels * kernel * kernel),
             name="embedding",
         )
-        self.cls = self.param("cls", nn.initializers.zeros, (1, 1, spec.width))
+        self.cls = self.param("cls", scheme.cls, (1, 1, spec.width))
         self.pos_embedding = self.param(
-            "pos_embedding", nn.initializers.normal(stddev=0.02), (1, self.grid**2 + 1, spec.width)
+            "pos_embedding", scheme.pos_embedding, (1, self.grid**2 + 1, spec.width)
         )
         self.blocks = [
-            EncoderBlock(spec.mlp_dim, spec.num_heads, dtype=self.dtype, name=f"block{i}")
+            EncoderBlock(
+                spec.mlp_dim,
+                spec.num_heads,
+                dtype=self.dtype,
+                init_scheme=self.init_scheme,
+                name=f"block{i}",
+            )
             for i in range(spec.depth)
         ]
         self.encoder_norm = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")
