@@ -25,7 +25,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from input_pipeline import sampling
+from input_pipeline import sampling, worker_guard
 from input_pipeline.data_split import DataSplit
 from input_pipeline.host_images import decode_image, frame_shape, prepare_image, resize_to_frame
 
@@ -212,7 +212,8 @@ def _batches(
     )
     if worker_count > 0:
         ds = ds.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=worker_count, **worker_options)
+            grain.MultiprocessingOptions(num_workers=worker_count, **worker_options),
+            worker_init_fn=worker_guard.exit_with_parent,  # no orphans after a SIGKILL
         )
     return ds
 

@@ -40,6 +40,7 @@ class BuildReport:
 
     skipped: list[Problem] = dataclasses.field(default_factory=list)
     reencoded: int = 0
+    turned_upright: int = 0  # of the re-encoded: photos with an EXIF orientation tag 2-8
     unlisted_images: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
 
@@ -48,6 +49,7 @@ class BuildReport:
             "skipped_counts": dict(collections.Counter(p.kind for p in self.skipped)),
             "skipped": [p.to_json() for p in self.skipped],
             "reencoded": self.reencoded,
+            "turned_upright": self.turned_upright,
             "num_unlisted_images": len(self.unlisted_images),
             "unlisted_images": self.unlisted_images[:100],
             "warnings": self.warnings,
@@ -80,6 +82,7 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         self._skip_bad = skip_bad
         self._num_threads = num_threads or image_files.default_num_threads()
         self._reencoded = 0
+        self._turned = 0
         self._reencoded_lock = threading.Lock()
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
@@ -166,14 +169,15 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
     def _prepare(self, item: Item) -> bytes:
         try:
-            data, changed = image_files.prepare_image(
-                image_files.read_image_bytes(item.ref), self._short_side()
-            )
+            raw = image_files.read_image_bytes(item.ref)
+            data, changed = image_files.prepare_image(raw, self._short_side())
+            turned = changed and image_files.is_turned(raw)
         except Exception as e:  # checked before writing, so this means the file changed since
             raise DataError(f"{item.origin}: image {item.ref} could not be prepared: {e}") from e
         if changed:
             with self._reencoded_lock:
                 self._reencoded += 1
+                self._turned += turned
         return data
 
     def _generate_examples(self, items: Sequence[Item]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -205,3 +209,4 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         block = self.info.metadata.get(METADATA_KEY)
         if block is not None:  # keep the re-encoding count current as splits finish
             block["report"]["reencoded"] = self._reencoded
+            block["report"]["turned_upright"] = self._turned
