@@ -52,13 +52,19 @@ def write_text(path: str | os.PathLike, text: str) -> epath.Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; result files are as readable as any other
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; open() would honour the umask
         os.replace(tmp, os.fspath(out))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, value: Any, default: Any = None) -> epath.Path:
