@@ -213,7 +213,7 @@ def _batches(
     if worker_count > 0:
         ds = ds.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=worker_count, **worker_options),
-            worker_init_fn=worker_guard.exit_with_parent,  # no orphans after a SIGKILL
+            worker_init_fn=worker_guard.worker_init_fn(),  # no orphans after a SIGKILL
         )
     return ds
 

@@ -16,18 +16,23 @@ memory the workers left, and exits too.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
+from collections.abc import Callable
 
 POLL_S = 0.5
 
 
-def exit_with_parent(worker_index: int = 0, worker_count: int = 1) -> None:
-    """Runs in each worker (grain's `worker_init_fn(index, count)`): exits it when its parent
-    process dies."""
+def exit_with_parent(worker_index: int = 0, worker_count: int = 1, parent: int = 0) -> None:
+    """Runs in each worker (grain's `worker_init_fn(index, count)`, with `parent` the pid of
+    the process that started it, bound there): exits the worker when that process dies, also
+    when it died before the worker got this far."""
     del worker_index, worker_count
-    parent = os.getppid()
+    parent = parent or os.getppid()
+    if os.getppid() != parent:
+        os._exit(1)
     thread = threading.Thread(target=_watch, args=(parent,), name="exit-with-parent", daemon=True)
     thread.start()
 
@@ -37,3 +42,8 @@ def _watch(parent: int) -> None:
         if os.getppid() != parent:
             os._exit(1)  # no cleanup to run: the data this worker read has nobody to go to
         time.sleep(POLL_S)
+
+
+def worker_init_fn() -> Callable[[int, int], None]:
+    """grain's `worker_init_fn` for workers started by this process."""
+    return functools.partial(exit_with_parent, parent=os.getpid())
