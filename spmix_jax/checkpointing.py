@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging as std_logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -121,6 +122,19 @@ def _no_space(error: BaseException | None) -> bool:
             return True
         error, seen = error.__cause__ or error.__context__, seen + 1
     return False
+
+
+class _NoSpaceLogFilter(std_logging.Filter):
+    """Drops the traceback orbax's background writer logs for a full disk: the same error
+    reaches `wait` and stops the run with one message (`_disk_full_is_a_user_error`); printed
+    too, it buried that message under hundreds of lines."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or not _no_space(error)
+
+
+std_logging.getLogger("absl").addFilter(_NoSpaceLogFilter())
 
 
 def complete_steps(directory: str | os.PathLike) -> list[int]:
