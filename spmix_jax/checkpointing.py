@@ -19,6 +19,9 @@ import contextlib
 import errno
 import logging as std_logging
 import os
+import sys
+import threading
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -137,6 +140,29 @@ class _NoSpaceLogFilter(std_logging.Filter):
 std_logging.getLogger("absl").addFilter(_NoSpaceLogFilter())
 
 
+def _quiet_late_callbacks(previous: Any) -> Any:
+    """sys.excepthook without the tracebacks tensorstore prints from its own threads when a
+    write finishes after orbax gave up on the save (its asyncio loop is closed by then): one
+    "Event loop is closed" per pending write, thousands of lines after a full disk, none of
+    them news. Everything else goes to `previous`."""
+
+    def hook(kind: Any, value: Any, tb: Any) -> None:
+        frames = traceback.extract_tb(tb)
+        if (
+            isinstance(value, RuntimeError)
+            and str(value) == "Event loop is closed"
+            and threading.current_thread() is not threading.main_thread()
+            and any(f.name == "call_soon_threadsafe" for f in frames)
+        ):
+            return
+        previous(kind, value, tb)
+
+    return hook
+
+
+sys.excepthook = _quiet_late_callbacks(sys.excepthook)
+
+
 def complete_steps(directory: str | os.PathLike) -> list[int]:
     """Steps with a finished checkpoint folder in `directory` (unfinished ones are temporary)."""
     path = epath.Path(directory)
@@ -151,16 +177,26 @@ def _disk_full_is_a_user_error(manager: ocp.CheckpointManager) -> Iterator[None]
     is never listed: the previous complete step stays the latest, and the next run resumes there
     (and replaces the leftover temporary folder).
     """
+    with disk_full_stops_the_run(epath.Path(manager.directory), "a checkpoint in "):
+        yield
+
+
+@contextlib.contextmanager
+def disk_full_stops_the_run(directory: epath.Path, what: str = "in ") -> Iterator[None]:
+    """Any write under `directory` (checkpoints, figures, event files of a run) that finds the
+    disk full or the file size limit reached becomes `DiskFullError`: one message naming the
+    folder and the checkpoint step kept (of `directory`, else of its `checkpoints/`)."""
     try:
         yield
+    except DiskFullError:
+        raise
     except Exception as error:
         if not _no_space(error):
             raise
-        directory = epath.Path(manager.directory)
-        steps = complete_steps(directory)
+        steps = complete_steps(directory) or complete_steps(directory / LATEST_DIR)
         kept = f"step {steps[-1]} stays the latest" if steps else "no earlier checkpoint exists"
         raise DiskFullError(
-            f"the disk is full: writing a checkpoint in {directory} failed (no space left on "
+            f"the disk is full: writing {what}{directory} failed (no space left on "
             f"device, or a file size limit such as `ulimit -f`); {kept}. Free space there (or "
             "move the workdir, or raise the limit) and rerun the same command to resume from it.",
         ) from error

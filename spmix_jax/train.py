@@ -178,7 +178,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
             raise UserError(f"cannot create the workdir {workdir}: {e.strerror}") from e
         if not os.access(workdir, os.W_OK | os.X_OK):
             raise UserError(f"the workdir {workdir} is not writable; choose another --workdir.")
-    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0), _stop_on_signals():
+    with (
+        workdir_lock.hold(workdir, enabled=jax.process_index() == 0),
+        _stop_on_signals(),
+        checkpointing.disk_full_stops_the_run(epath.Path(workdir)),
+    ):
         return _train_and_evaluate(config, workdir)
 
 

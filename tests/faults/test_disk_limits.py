@@ -42,6 +42,9 @@ def test_tensorstore_no_space_error_is_a_full_disk(tmp_path, monkeypatch):
     assert checkpointing.latest_manager(str(tmp_path)).latest_step() == 1
 
 
+FILE_LIMIT = 16 * 1024  # above the run's own small files, below a checkpoint's metadata
+
+
 def _train(workdir, data_dir, file_limit: int | None = None) -> subprocess.CompletedProcess:
     """Two more steps of the training command, under a file size limit when given."""
 
@@ -67,9 +70,9 @@ def test_file_size_limit_during_a_save_gives_one_message(tmp_path):
     workdir = tmp_path / "run"
     first = _train(workdir, tmp_path / "tfds")
     assert first.returncode == 0, first.stderr[-3000:]
-    step_dir = workdir / "checkpoints" / "2"
-    biggest = max(p.stat().st_size for p in step_dir.rglob("*") if p.is_file())
-    proc = _train(workdir, tmp_path / "tfds", file_limit=biggest // 2)
+    sizes = [p.stat().st_size for p in (workdir / "checkpoints" / "2").rglob("*") if p.is_file()]
+    assert max(sizes) > 4 * FILE_LIMIT  # the next save cannot fit under the limit
+    proc = _train(workdir, tmp_path / "tfds", file_limit=FILE_LIMIT)
     assert proc.returncode == 1, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr[-3000:]
