@@ -19,9 +19,6 @@ import contextlib
 import errno
 import logging as std_logging
 import os
-import sys
-import threading
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -138,29 +135,6 @@ class _NoSpaceLogFilter(std_logging.Filter):
 
 
 std_logging.getLogger("absl").addFilter(_NoSpaceLogFilter())
-
-
-def _quiet_late_callbacks(previous: Any) -> Any:
-    """sys.excepthook without the tracebacks tensorstore prints from its own threads when a
-    write finishes after orbax gave up on the save (its asyncio loop is closed by then): one
-    "Event loop is closed" per pending write, thousands of lines after a full disk, none of
-    them news. Everything else goes to `previous`."""
-
-    def hook(kind: Any, value: Any, tb: Any) -> None:
-        frames = traceback.extract_tb(tb)
-        if (
-            isinstance(value, RuntimeError)
-            and str(value) == "Event loop is closed"
-            and threading.current_thread() is not threading.main_thread()
-            and any(f.name == "call_soon_threadsafe" for f in frames)
-        ):
-            return
-        previous(kind, value, tb)
-
-    return hook
-
-
-sys.excepthook = _quiet_late_callbacks(sys.excepthook)
 
 
 def complete_steps(directory: str | os.PathLike) -> list[int]:
