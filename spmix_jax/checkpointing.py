@@ -134,7 +134,8 @@ class _NoSpaceLogFilter(std_logging.Filter):
         return error is None or not _no_space(error)
 
 
-std_logging.getLogger("absl").addFilter(_NoSpaceLogFilter())
+for _logger in ("absl", "asyncio"):  # orbax's writer; tensorstore futures never awaited
+    std_logging.getLogger(_logger).addFilter(_NoSpaceLogFilter())
 
 
 def complete_steps(directory: str | os.PathLike) -> list[int]:
