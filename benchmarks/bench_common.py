@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from configs import common  # noqa: E402
-from spmix_jax import losses, optimizer, sharding, train  # noqa: E402
+from spmix_jax import losses, optimizer, result_files, sharding, train  # noqa: E402
 from spmix_jax import state as state_lib  # noqa: E402
 from spmix_jax.config_checks import check_config  # noqa: E402
 from spmix_jax.models import ViT, make_model  # noqa: E402
@@ -288,9 +288,7 @@ def emit(report: dict[str, Any], out: str = "") -> None:
     text = json.dumps(report, indent=2)
     print(text, flush=True)
     if out:
-        path = pathlib.Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
+        result_files.write_text(out, text + "\n")
 
 
 def step_parser(description: str, batch_help: str) -> argparse.ArgumentParser:

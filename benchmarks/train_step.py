@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from spmix_jax import saliency, sharding  # noqa: E402
+from spmix_jax import result_files, saliency, sharding  # noqa: E402
 from spmix_jax import step as step_lib  # noqa: E402
 from spmix_jax.config_checks import check_config  # noqa: E402
 
@@ -287,9 +287,7 @@ def _emit(report: dict[str, Any]) -> None:
     if jax.process_index() == 0:
         print(text, flush=True)
         if FLAGS.output:
-            path = pathlib.Path(FLAGS.output)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text + "\n")
+            result_files.write_text(FLAGS.output, text + "\n")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_classes = 0
     c.data.class_names = ()
     c.data.image_size = 64  # the host resizes each image's short side to this size
+    c.data.allow_upsample = False  # data.image_size < model.image_size is refused unless True
     # Training frame: short side image_size, long side x this (1: square); images are kept whole
     # in it (padded, with a valid box the device crops from); evaluation uses a centre square.
     c.data.image_aspect = 1.0

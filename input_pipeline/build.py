@@ -354,6 +354,8 @@ def summary_table(meta: dict[str, Any]) -> str:
     else:
         lines.append("skipped: none")
     lines.append(f"re-encoded images: {report['reencoded']}")
+    if report.get("turned_upright"):
+        lines.append(f"turned upright (EXIF orientation): {report['turned_upright']}")
     lines.extend(f"warning: {w}" for w in report["warnings"])
     return "\n".join(lines)
 

@@ -6,17 +6,43 @@ by 255/65535 and rounded; float images must hold values in [0, 1] (scaled by 255
 dropped (as `data_split.as_rgb_uint8` does for arrays); palette, CMYK, 1-bit and the other colour
 modes go through PIL's conversion. A mode with no unambiguous 8-bit reading is refused, naming the
 image.
+
+A photo whose EXIF orientation tag says the camera was turned (values 2-8) is turned upright
+(`upright`), as every image viewer shows it; the stored pixels carry no tag any more.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 # Modes PIL converts to RGB without losing range (alpha, if any, is dropped).
 PIL_CONVERTED = ("RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "La", "1", "P", "PA", "CMYK", "YCbCr",
                  "LAB", "HSV")  # fmt: skip
+
+
+EXIF_ORIENTATION = 0x0112  # the TIFF/EXIF tag; 1 (or absent) means already upright
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation of `image` (1 when absent or unreadable)."""
+    try:
+        return int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # a damaged EXIF block: PIL shows the pixels as stored, so do we
+        return 1
+
+
+def needs_turning(image: Image.Image) -> bool:
+    """True when `upright` would change `image` (orientation tag 2-8)."""
+    return exif_orientation(image) not in (0, 1)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """`image` turned as its EXIF orientation says (a new image), or `image` itself if upright."""
+    if not needs_turning(image):
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def scale_16bit(samples: np.ndarray) -> np.ndarray:

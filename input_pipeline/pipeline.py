@@ -25,7 +25,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from input_pipeline import sampling
+from input_pipeline import sampling, worker_guard
 from input_pipeline.data_split import DataSplit
 from input_pipeline.host_images import frame_image, frame_shape, prepare_image, reframe
 
@@ -214,7 +214,8 @@ def _batches(
     )
     if worker_count > 0:
         ds = ds.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=worker_count, **worker_options)
+            grain.MultiprocessingOptions(num_workers=worker_count, **worker_options),
+            worker_init_fn=worker_guard.worker_init_fn(),  # no orphans after a SIGKILL
         )
     return ds
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging as std_logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -103,17 +105,38 @@ class DiskFullError(UserError):
     """A checkpoint could not be written for lack of space; the previous one stays the latest."""
 
 
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# A full disk, a full quota, or a file over the size limit (`ulimit -f`: Python ignores
+# SIGXFSZ, so the write fails with EFBIG). tensorstore reports them as a ValueError whose text
+# carries the OS message (e.g. "RESOURCE_EXHAUSTED: ... No space left on device").
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NO_SPACE_TEXT = tuple(os.strerror(code) for code in _NO_SPACE)
 
 
 def _no_space(error: BaseException | None) -> bool:
-    """True when `error` or an error it was raised from is ENOSPC / EDQUOT (orbax wraps some)."""
+    """True when `error` or an error it was raised from is ENOSPC / EDQUOT / EFBIG (orbax wraps
+    some; tensorstore raises ValueError with the OS message)."""
     seen = 0
     while error is not None and seen < 10:
         if isinstance(error, OSError) and error.errno in _NO_SPACE:
             return True
+        if any(text in str(error) for text in _NO_SPACE_TEXT):
+            return True
         error, seen = error.__cause__ or error.__context__, seen + 1
     return False
+
+
+class _NoSpaceLogFilter(std_logging.Filter):
+    """Drops the traceback orbax's background writer logs for a full disk: the same error
+    reaches `wait` and stops the run with one message (`_disk_full_is_a_user_error`); printed
+    too, it buried that message under hundreds of lines."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or not _no_space(error)
+
+
+for _logger in ("absl", "asyncio"):  # orbax's writer; tensorstore futures never awaited
+    std_logging.getLogger(_logger).addFilter(_NoSpaceLogFilter())
 
 
 def complete_steps(directory: str | os.PathLike) -> list[int]:
@@ -130,18 +153,28 @@ def _disk_full_is_a_user_error(manager: ocp.CheckpointManager) -> Iterator[None]
     is never listed: the previous complete step stays the latest, and the next run resumes there
     (and replaces the leftover temporary folder).
     """
+    with disk_full_stops_the_run(epath.Path(manager.directory), "a checkpoint in "):
+        yield
+
+
+@contextlib.contextmanager
+def disk_full_stops_the_run(directory: epath.Path, what: str = "in ") -> Iterator[None]:
+    """Any write under `directory` (checkpoints, figures, event files of a run) that finds the
+    disk full or the file size limit reached becomes `DiskFullError`: one message naming the
+    folder and the checkpoint step kept (of `directory`, else of its `checkpoints/`)."""
     try:
         yield
+    except DiskFullError:
+        raise
     except Exception as error:
         if not _no_space(error):
             raise
-        directory = epath.Path(manager.directory)
-        steps = complete_steps(directory)
+        steps = complete_steps(directory) or complete_steps(directory / LATEST_DIR)
         kept = f"step {steps[-1]} stays the latest" if steps else "no earlier checkpoint exists"
         raise DiskFullError(
-            f"the disk is full: writing a checkpoint in {directory} failed (no space left on "
-            f"device); {kept}. Free space there (or move the workdir) and rerun the same "
-            "command to resume from it.",
+            f"the disk is full: writing {what}{directory} failed (no space left on "
+            f"device, or a file size limit such as `ulimit -f`); {kept}. Free space there (or "
+            "move the workdir, or raise the limit) and rerun the same command to resume from it.",
         ) from error
 
 
@@ -245,20 +278,54 @@ CORRUPT_SUFFIX = "_unreadable"
 
 
 def restore_newest_intact(
-    manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any = None
+    manager: ocp.CheckpointManager,
+    abstract_state: Any,
+    data_iter: Any = None,
+    check_fits: Callable[[int], None] | None = None,
 ) -> tuple[int, Any]:
     """(step, state) of the newest checkpoint that restores completely, newest first.
 
     A checkpoint that cannot be restored (a truncated file, a missing item) is logged with the
     reason and, once an older one restored, moved to `<checkpoints>_unreadable/<step>` (kept for
     inspection, out of the way of the steps the run saves next). Raises UserError listing every
-    checkpoint and its problem when none restores.
+    checkpoint and its problem when none restores. `check_fits(step)` raises the message for a
+    config that does not fit an intact checkpoint (see `restore_first_intact`).
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    step, state, failures = restore_first_intact(
+        manager,
+        steps,
+        lambda s: restore(manager, s, abstract_state, data_iter),
+        check_fits,
+    )
+    if failures:
+        _move_aside(manager, [bad for bad, _ in failures])
+    return step, state
+
+
+def restore_first_intact(
+    manager: ocp.CheckpointManager,
+    steps: Sequence[int],
+    restore_one: Callable[[int], Any],
+    check_fits: Callable[[int], None] | None = None,
+) -> tuple[int, Any, list[tuple[int, str]]]:
+    """(step, restore_one(step), [(step, reason) of each newer one that failed]) for the first
+    of `steps` that restores; UserError listing every step and why when none does.
+
+    Reading comes first, the shape check second: a restore that fails on an intact checkpoint
+    (every array readable, `is_intact`) is the config's fault, and `check_fits(step)` raises its
+    message ("does not fit the config ..."); one that fails on a damaged checkpoint (a truncated
+    array or `_METADATA` file) is damage, and the next older step is tried. Checking shapes first
+    would read a damaged checkpoint's metadata as a config mismatch.
     """
     failures: list[tuple[int, str]] = []
-    for step in sorted(manager.all_steps(), reverse=True):
+    for step in steps:
         try:
-            state = restore(manager, step, abstract_state, data_iter)
+            return int(step), restore_one(step), failures
         except Exception as error:  # orbax and tensorstore raise many types for broken files
+            if check_fits is not None and is_intact(manager, step):
+                check_fits(step)  # raises when the config does not fit; else the damage is
+                # elsewhere (e.g. the iterator state), and the step counts as unreadable
             reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             logging.warning(
                 "Checkpoint %d in %s cannot be restored (%s)", step, manager.directory, reason
@@ -268,16 +335,35 @@ def restore_newest_intact(
                 f"({reason}); trying an older one",
                 flush=True,
             )
-            failures.append((step, reason))
-            continue
-        if failures:
-            _move_aside(manager, [bad for bad, _ in failures])
-        return int(step), state
+            failures.append((int(step), reason))
     listing = "\n".join(f"  step {step}: {reason}" for step, reason in failures)
     raise UserError(
         f"No checkpoint in {manager.directory} can be restored:\n{listing}\nMove the folder "
         "aside to start over, or restore a copy."
     )
+
+
+def is_intact(manager: ocp.CheckpointManager, step: int) -> bool:
+    """True when every array of the state at `step` reads back in full (as numpy on the host,
+    in the stored shapes), whatever config asks for it. Reads the whole state: used only after a
+    restore failed, to tell damage from a config that does not fit."""
+    path = epath.Path(manager.directory) / str(step) / "state"
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        stored: Any = checkpointer.metadata(path)
+        stored = getattr(stored, "item_metadata", stored)
+        tree = getattr(stored, "tree", stored)  # the plain tree inside orbax's TreeMetadata
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+        shapes_ok = jax.tree.map(
+            lambda meta, value: tuple(getattr(meta, "shape", ()) or ()) == np.shape(value),
+            tree,
+            restored,
+        )
+        return all(jax.tree.leaves(shapes_ok))
+    except Exception as error:  # any failure to read it back is damage
+        logging.info("Checkpoint %d in %s is damaged: %s", step, path, error)
+        return False
 
 
 def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
@@ -297,15 +383,22 @@ def restore_partial(manager: ocp.CheckpointManager, step: int, abstract_tree: An
     """Restores only the leaves of the state that `abstract_tree` names (e.g. params and
     batch statistics for evaluation), so the optimizer state is never read.
 
-    Leaves the checkpoint lacks come back as ShapeDtypeStructs; a shape that differs raises
-    ValueError (Orbax's message).
+    A leaf the checkpoint lacks, or holds with another shape, raises ValueError.
     """
     args = ocp.args.PyTreeRestore(
         item=abstract_tree,
         restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_tree),
         partial_restore=True,
     )
-    return manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    missing = [  # orbax hands back the abstract leaf for what it did not find
+        jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]
+        if isinstance(leaf, jax.ShapeDtypeStruct)
+    ]
+    if missing:
+        raise ValueError(f"not in the checkpoint at step {step}: {', '.join(missing[:3])}")
+    return restored
 
 
 def shape_mismatches(manager: ocp.CheckpointManager, step: int, abstract_tree: Any) -> list[str]:

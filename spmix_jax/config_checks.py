@@ -98,6 +98,7 @@ def _check_config(config: ml_collections.ConfigDict, *, num_devices: int | None)
         )
     if config.data.image_size < 8:
         raise ValueError(f"data.image_size={config.data.image_size} is too small.")
+    check_no_upsampling(config.data, config.model)
     if not config.data.get("image_aspect", 1.0) >= 1.0:
         raise ValueError(
             f"data.image_aspect={config.data.image_aspect} must be >= 1 (long side / short side)."
@@ -111,6 +112,18 @@ def _check_config(config: ml_collections.ConfigDict, *, num_devices: int | None)
     if config.optim.total_steps <= 0 and config.optim.epochs <= 0:
         raise ValueError("Set optim.epochs > 0 or optim.total_steps > 0.")
     check_augment(config.augment)
+
+
+def check_no_upsampling(data_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict):
+    """Refuses stored images smaller than the model's input: the views would be upsampled, a
+    blurrier input than the model size promises, unless `data.allow_upsample` says it is meant."""
+    if data_cfg.image_size < model_cfg.image_size and not data_cfg.get("allow_upsample", False):
+        raise ValueError(
+            f"data.image_size={data_cfg.image_size} is below model.image_size="
+            f"{model_cfg.image_size}: every view would be upsampled. Set data.image_size >= "
+            f"{model_cfg.image_size} (and rebuild the data at that size if it is stored smaller), "
+            "or pass --config.data.allow_upsample=True if upsampling is meant."
+        )
 
 
 # Fields whose value must lie in a range; anything else cannot be meant (a zero interval would

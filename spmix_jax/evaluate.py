@@ -10,8 +10,10 @@ the checkpoint's record of its run, else the groups are reported as n/a.
 
 from __future__ import annotations
 
-import csv
 import functools
+import hashlib
+import json
+import os
 import re
 from typing import Any
 
@@ -22,10 +24,18 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from input_pipeline import pipeline, sources
+from input_pipeline import locate, pipeline, sources
 from input_pipeline.builders import DEFAULT_CONFIGS
 from input_pipeline.data_split import DataSplit
-from spmix_jax import checkpointing, figures, metrics, optimizer, run_config, sharding
+from spmix_jax import (
+    checkpointing,
+    figures,
+    metrics,
+    optimizer,
+    result_files,
+    run_config,
+    sharding,
+)
 from spmix_jax import state as state_lib
 from spmix_jax import step as step_lib
 from spmix_jax.config_checks import check_config
@@ -112,9 +122,19 @@ def restore_variables(
     model = make_model(config)
     abstract = state_lib.create(config, model, optimizer.make_optimizer(config, 1), mesh)
     target = {"params": abstract.params, "batch_stats": abstract.batch_stats}
-    check_checkpoint_fits(config, manager, step, workdir, target)
-    restored = checkpointing.restore_partial(manager, step, target)
-    return restored, step
+    # Read first, compare shapes second (a damaged checkpoint is not a config mismatch). For
+    # `latest` / `best` a damaged newest step falls back to the next older one of its folder;
+    # an asked-for step number is that step or an error.
+    steps = [step]
+    if not str(config.eval.checkpoint).isdigit():
+        steps += sorted((s for s in manager.all_steps() if s < step), reverse=True)
+    found, restored, _ = checkpointing.restore_first_intact(
+        manager,
+        steps,
+        lambda s: checkpointing.restore_partial(manager, s, target),
+        lambda s: check_checkpoint_fits(config, manager, s, workdir, target),
+    )
+    return restored, found
 
 
 def check_checkpoint_fits(
@@ -227,8 +247,32 @@ def restore_for_figures(config: ml_collections.ConfigDict, workdir: str) -> tupl
     return variables, make_model(config)
 
 
-def dataset_label(data_cfg: Any) -> str:
-    """A short file-name-safe name of the dataset `data_cfg` reads (e.g. `folder_csv-default`)."""
+def dataset_identity(data_cfg: Any) -> dict[str, str] | None:
+    """Where the built dataset `data_cfg` reads lies, and a fingerprint of its content (its
+    recorded source fingerprint, class names and split labels); None for synthetic data.
+
+    Two builds that share a builder config name (two sources built into two `data_dir`s, or one
+    `data_dir` rebuilt from another source) differ here, so their results are named apart.
+    """
+    if data_cfg.name == "synthetic":
+        return None
+    path = locate.dataset_dir(data_cfg)  # found (the split was read already), never built here
+    meta = locate.build_metadata(path)
+    if meta is not None:
+        basis = json.dumps(
+            {k: meta.get(k) for k in ("source_fingerprint", "class_names", "splits")},
+            sort_keys=True,
+            default=str,
+        )
+    else:  # a dataset built elsewhere: its TFDS description (splits, sizes, checksums)
+        basis = (epath.Path(path) / "dataset_info.json").read_text()
+    location = path if "://" in path else os.path.abspath(path)
+    return {"location": location, "fingerprint": hashlib.sha256(basis.encode()).hexdigest()[:16]}
+
+
+def dataset_label(data_cfg: Any, identity: dict[str, str] | None = None) -> str:
+    """A short file-name-safe name of the dataset `data_cfg` reads (e.g. `folder_csv-default`,
+    with `-<8 hex digits>` of its `identity` (location and fingerprint) for a built one)."""
     if data_cfg.name == "synthetic":
         label = f"synthetic-s{data_cfg.synthetic.seed}"
     elif data_cfg.name == "tfds":
@@ -236,13 +280,23 @@ def dataset_label(data_cfg: Any) -> str:
     else:
         config_name = data_cfg.builder_config or DEFAULT_CONFIGS.get(data_cfg.name, "")
         label = f"{data_cfg.name}-{config_name}"
+    if identity is not None:
+        key = f"{identity['location']}\n{identity['fingerprint']}".encode()
+        label += "-" + hashlib.sha256(key).hexdigest()[:8]
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "dataset"
 
 
-def output_name(data_cfg: Any, kind: str, split_name: str, step: int, ext: str) -> str:
-    """`<kind>_<dataset>_<split>_<step>.<ext>`: outputs of different datasets, splits or
-    checkpoints never overwrite each other."""
-    return f"{kind}_{dataset_label(data_cfg)}_{split_name}_{step}.{ext}"
+def output_name(
+    data_cfg: Any,
+    kind: str,
+    split_name: str,
+    step: int,
+    ext: str,
+    identity: dict[str, str] | None = None,
+) -> str:
+    """`<kind>_<dataset>_<split>_<step>.<ext>`: outputs of different datasets (`identity`: see
+    `dataset_identity`), splits or checkpoints never overwrite each other."""
+    return f"{kind}_{dataset_label(data_cfg, identity)}_{split_name}_{step}.{ext}"
 
 
 def run(
@@ -275,17 +329,21 @@ def run(
     _check_model_classes(run_record, workdir, step, split)
     out_dir = epath.Path(workdir)
     chief = jax.process_index() == 0
+    identity = dataset_identity(config.data)
     if mode == "predict":
         logits, _, index = predict_split(config, variables, split, mesh)
         if not chief:
             return {"num_examples": int(len(index))}
         probs = metrics.softmax(logits)
-        path = out_dir / output_name(config.data, "predict", split_name, step, "csv")
-        with path.open("w") as f:
-            w = csv.writer(f)
-            w.writerow(["image", *split.class_names])
-            for i, row in zip(index, probs, strict=True):
-                w.writerow([split.source[int(i)]["image_id"], *(f"{p:.6f}" for p in row)])
+        path = out_dir / output_name(config.data, "predict", split_name, step, "csv", identity)
+        result_files.write_csv(
+            path,
+            ["image", *split.class_names],
+            (
+                [split.source[int(i)]["image_id"], *(f"{p:.6f}" for p in row)]
+                for i, row in zip(index, probs, strict=True)
+            ),
+        )
         logging.info("Wrote %d predictions to %s", len(index), path)
         print(f"Wrote {len(index)} predictions to {path}")
         return {"path": str(path), "num_examples": int(len(index))}
@@ -293,7 +351,10 @@ def run(
     result = evaluate_split(config, variables, split, mesh, train_class_counts=counts)
     result["step"] = step
     result["split"] = split_name
-    result["dataset"] = dataset_label(config.data)
+    result["dataset"] = dataset_label(config.data, identity)
+    if identity is not None:  # which build was read: results of two builds never mix
+        result["dataset_location"] = identity["location"]
+        result["dataset_fingerprint"] = identity["fingerprint"]
     result["checkpoint"] = str(config.eval.checkpoint)
     if role:
         result["role"] = role
@@ -306,9 +367,9 @@ def run(
     if not chief:
         return result
     json_path = metrics.write_eval_json(
-        out_dir / output_name(config.data, "eval", split_name, step, "json"), result
+        out_dir / output_name(config.data, "eval", split_name, step, "json", identity), result
     )
-    png = out_dir / output_name(config.data, "confusion", split_name, step, "png")
+    png = out_dir / output_name(config.data, "confusion", split_name, step, "png", identity)
     figures.confusion_matrix_figure(
         np.asarray(result["confusion_matrix"]),
         list(split.class_names),
@@ -343,6 +404,21 @@ def _check_model_classes(
             f"{n} ({c})" for n, c in zip(names, counts or ["?"] * len(names), strict=True)
         )
         print(f"Model classes (training images): {shown}", flush=True)
+
+
+def check_resume_classes(manager: Any, step: int, workdir: str, split: DataSplit) -> None:
+    """Refuses to resume on a dataset whose classes differ (in names or order) from those the
+    checkpoint at `step` was trained on: label k would silently change meaning mid-run."""
+    run = _recorded_run(manager, step)
+    names = None if run is None else run.get("class_names")
+    if names and list(names) != list(split.class_names):
+        raise UserError(
+            f"The checkpoint at step {step} in {workdir} was trained on the classes\n"
+            f"  {list(names)}\nbut the dataset's {split.split!r} split has the classes\n"
+            f"  {list(split.class_names)}\n(names and order must match). Resume on the dataset "
+            "the run started with (or one built with its --class_names), or train in another "
+            "--workdir."
+        )
 
 
 def _train_class_counts(

@@ -17,7 +17,6 @@ seeds per method), results.png, command.txt (this command and the git commit).
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import json
 import math
@@ -32,6 +31,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from spmix_jax import result_files
 
 NUM_RARE = 3
 METRICS = (
@@ -193,11 +194,7 @@ def _shot_note(rows: Sequence[dict[str, Any]]) -> str:
 
 def write_csv(path: pathlib.Path, rows: Sequence[dict[str, Any]]) -> None:
     """results.csv; a metric that is n/a (None) is an empty cell, never a number."""
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+    result_files.write_csv(path, COLUMNS, ([row.get(k) for k in COLUMNS] for row in rows))
 
 
 def write_figure(
@@ -294,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = shlex.join([sys.executable, "-m", "spmix_jax.experiments", *argv])
-    (out / "command.txt").write_text(f"{command}\ngit commit: {git_commit()}\n")
+    result_files.write_text(out / "command.txt", f"{command}\ngit commit: {git_commit()}\n")
 
     durations: list[float] = []
     failed = []
@@ -322,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         took = time.monotonic() - start
         timing = workdir / "suite_time.json"
         before = json.loads(timing.read_text())["wall_s"] if timing.is_file() else 0.0
-        timing.write_text(json.dumps({"wall_s": round(before + took, 1)}) + "\n")
+        result_files.write_json(timing, {"wall_s": round(before + took, 1)})
         ok = rc == 0 and eval_json(workdir, test_split) is not None
         if not ok:
             failed.append(name)
@@ -341,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (row := run_row(m, s, run_dir(args.out, m, s), test_split, eval_split)) is not None
     ]
     write_csv(out / "results.csv", rows)
-    (out / "results.md").write_text(summary_markdown(rows, methods))
+    result_files.write_text(out / "results.md", summary_markdown(rows, methods))
     if rows:
         write_figure(out / "results.png", rows, methods)
     print(f"Wrote {out / 'results.csv'}, results.md, results.png ({len(rows)} runs)")

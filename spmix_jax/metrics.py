@@ -8,7 +8,6 @@ returned dict is a plain Python number, string, list or None, so it can be writt
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 from etils import epath
+
+from spmix_jax import result_files
 
 # --------------------------------------------------------------------------------------------
 # Host-side evaluation metrics.
@@ -295,8 +296,4 @@ def write_eval_json(path: str | os.PathLike, metrics: Mapping[str, Any]) -> epat
 
     Accepts local paths and any filesystem etils.epath knows (e.g. gs:// on TPU VMs).
     """
-    out = epath.Path(path)
-    text = json.dumps(metrics, indent=2, allow_nan=False, default=_to_builtin)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
-    return out
+    return result_files.write_json(path, metrics, default=_to_builtin)  # whole or not at all

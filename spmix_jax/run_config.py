@@ -19,6 +19,8 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from spmix_jax import result_files
+
 CONFIG_FILE = "config.json"
 COMMAND_FILE = "command.txt"
 # Sections that describe the trained model and what it was trained on; eval modes reuse them.
@@ -92,8 +94,8 @@ def write_run_files(
     """`config.json` (the resolved config) and `command.txt` (the command line) in `workdir`."""
     root = epath.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
-    (root / CONFIG_FILE).write_text(json.dumps(config_dict(config), indent=2) + "\n")
-    (root / COMMAND_FILE).write_text(command_line(argv) + "\n")
+    result_files.write_json(root / CONFIG_FILE, config_dict(config))
+    result_files.write_text(root / COMMAND_FILE, command_line(argv) + "\n")
 
 
 def read_config_file(workdir: str) -> dict[str, Any] | None:

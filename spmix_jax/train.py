@@ -180,7 +180,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:
             raise UserError(f"cannot create the workdir {workdir}: {e.strerror}") from e
         if not os.access(workdir, os.W_OK | os.X_OK):
             raise UserError(f"the workdir {workdir} is not writable; choose another --workdir.")
-    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0), _stop_on_signals():
+    with (
+        workdir_lock.hold(workdir, enabled=jax.process_index() == 0),
+        _stop_on_signals(),
+        checkpointing.disk_full_stops_the_run(epath.Path(workdir)),
+    ):
         return _train_and_evaluate(config, workdir)
 
 
@@ -221,18 +225,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
     ckpt = checkpointing.latest_manager(workdir, config.train.keep_checkpoints)
     best_ckpt = checkpointing.best_manager(workdir)
     if ckpt.latest_step() is not None:
-        # A config that does not fit the run in this workdir is named, not taken for damage.
-        evaluate.check_checkpoint_fits(
-            config,
-            ckpt,
-            int(ckpt.latest_step()),
-            workdir,
-            {"params": state_shape.params, "batch_stats": state_shape.batch_stats},
-            hint=", or train this config in another --workdir",
-        )
-        # The newest checkpoint that restores (a truncated or incomplete one is set aside).
+        # The newest checkpoint that restores (a truncated or incomplete one is set aside); an
+        # intact one that does not fit the config is named as such, not taken for damage.
+        def check_fits(step: int) -> None:
+            evaluate.check_checkpoint_fits(
+                config,
+                ckpt,
+                step,
+                workdir,
+                {"params": state_shape.params, "batch_stats": state_shape.batch_stats},
+                hint=", or train this config in another --workdir",
+            )
+
         abstract = state_lib.with_shardings(state_shape, state_shardings)
-        start, state = checkpointing.restore_newest_intact(ckpt, abstract, train_iter)
+        start, state = checkpointing.restore_newest_intact(ckpt, abstract, train_iter, check_fits)
+        evaluate.check_resume_classes(ckpt, start, workdir, train_split)
         logging.info("Resuming from step %d in %s", start, workdir)
     else:
         start = 0

@@ -59,6 +59,7 @@ class BuildReport:
 
     skipped: list[Problem] = dataclasses.field(default_factory=list)
     reencoded: int = 0
+    turned_upright: int = 0  # of the re-encoded: photos with an EXIF orientation tag 2-8
     unlisted_images: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
 
@@ -67,6 +68,7 @@ class BuildReport:
             "skipped_counts": dict(collections.Counter(p.kind for p in self.skipped)),
             "skipped": [p.to_json() for p in self.skipped],
             "reencoded": self.reencoded,
+            "turned_upright": self.turned_upright,
             "num_unlisted_images": len(self.unlisted_images),
             "unlisted_images": self.unlisted_images[:100],
             "warnings": self.warnings,
@@ -193,6 +195,7 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         self._num_threads = num_threads or image_files.default_num_threads()
         self._max_image_bytes = max_image_mb << 20  # larger files are refused, not read
         self._reencoded = 0
+        self._turned = 0
         self._reencoded_lock = threading.Lock()
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
@@ -296,9 +299,9 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     def _prepare(self, item: Item) -> dict[str, Any]:
         """The image features of `item`: its stored bytes, or (raw) its frame and box."""
         try:
-            data, changed = image_files.prepare_image(
-                image_files.read_image_bytes(item.ref, self._max_image_bytes), self._short_side()
-            )
+            raw = image_files.read_image_bytes(item.ref, self._max_image_bytes)
+            data, changed = image_files.prepare_image(raw, self._short_side())
+            turned = changed and image_files.is_turned(raw)
             if self._frame is not None:
                 # Decoded as the reader decodes the stored JPEG, then framed as it frames it.
                 decoded = _JPEG_FEATURE.decode_example_np(data)
@@ -313,6 +316,7 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         if changed:
             with self._reencoded_lock:
                 self._reencoded += 1
+                self._turned += turned
         return result
 
     def _generate_examples(self, items: Sequence[Item]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -344,3 +348,4 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         block = self.info.metadata.get(METADATA_KEY)
         if block is not None:  # keep the re-encoding count current as splits finish
             block["report"]["reencoded"] = self._reencoded
+            block["report"]["turned_upright"] = self._turned

@@ -128,15 +128,25 @@ def _is_blank(fields: Sequence[str]) -> bool:
     return not fields or all(not f.strip() for f in fields)
 
 
-def _duplicate_row(source: str, line: int, image_id: str, first_line: int) -> Problem:
-    """A later row repeating an image id; the row on `first_line` is the one kept."""
-    return Problem(
-        "duplicate_id",
-        source,
-        line,
-        image_id,
-        f"duplicate image id {image_id} (first on line {first_line}); expected each image once",
-    )
+def _duplicate_row(
+    source: str, line: int, image_id: str, first_line: int, first_id: str = ""
+) -> Problem:
+    """A later row repeating an image id (also one differing only in letter case: on a
+    case-insensitive file system both name one file); the row on `first_line` is kept."""
+    if first_id and first_id != image_id:
+        detail = (
+            f"image id {image_id} differs only in case from {first_id} (line {first_line}); "
+            "ids must differ when case is ignored"
+        )
+    else:
+        detail = f"duplicate image id {image_id} (first on line {first_line})"
+    return Problem("duplicate_id", source, line, image_id, f"{detail}; expected each image once")
+
+
+def id_key(image_id: str) -> str:
+    """The key two ids must not share: ids equal when case is ignored name one file on
+    case-insensitive file systems (macOS, Windows), so they count as the same id."""
+    return image_id.casefold()
 
 
 def _check_header_unique(header: Sequence[str], source: str) -> None:
@@ -237,7 +247,7 @@ def parse_label_rows(
 
     rows: list[LabelRow] = []
     problems: list[Problem] = []
-    first_line: dict[str, int] = {}
+    first_line: dict[str, tuple[int, str]] = {}  # id_key -> (line, id as written)
     for line, fields in _records(reader, source):
         if _is_blank(fields):
             continue
@@ -268,10 +278,12 @@ def parse_label_rows(
         if label is None:
             problems.append(Problem(kind, source, line, image_id, f"{image_id}: {reason}"))
             continue
-        if image_id in first_line:
-            problems.append(_duplicate_row(source, line, image_id, first_line[image_id]))
+        key = id_key(image_id)
+        if key in first_line:
+            first, first_id = first_line[key]
+            problems.append(_duplicate_row(source, line, image_id, first, first_id))
             continue
-        first_line[image_id] = line
+        first_line[key] = (line, image_id)
         lesion = fields[lesion_col].strip() if lesion_col is not None else ""
         rows.append(LabelRow(image_id, label, lesion, source, line))
     return rows, problems
@@ -341,7 +353,7 @@ def parse_lesion_rows(lines: Iterable[str], source: str) -> tuple[dict[str, str]
         )
     lesion_col = header.index(LESION_COLUMN)
     lesions: dict[str, str] = {}
-    first_line: dict[str, int] = {}
+    first_line: dict[str, tuple[int, str]] = {}  # id_key -> (line, id as written)
     problems: list[Problem] = []
     for line, fields in _records(reader, source):
         if _is_blank(fields):
@@ -362,10 +374,12 @@ def parse_lesion_rows(lines: Iterable[str], source: str) -> tuple[dict[str, str]
             )
             continue
         image_id = image_id_from_value(fields[image_col])
-        if image_id in first_line:
-            problems.append(_duplicate_row(source, line, image_id, first_line[image_id]))
+        key = id_key(image_id)
+        if key in first_line:
+            first, first_id = first_line[key]
+            problems.append(_duplicate_row(source, line, image_id, first, first_id))
             continue
-        first_line[image_id] = line
+        first_line[key] = (line, image_id)
         lesions[image_id] = fields[lesion_col].strip()
     return lesions, problems
 

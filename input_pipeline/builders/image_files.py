@@ -175,7 +175,8 @@ def index_images(root: str | os.PathLike) -> ImageIndex:
 
     Ids are file stems (`ISIC_0024306.jpg` -> `ISIC_0024306`) in Unicode NFC, whatever form the
     file system stores. An id found twice (two extensions, two sub-folders, two normalisation
-    forms) is ambiguous: it becomes a `duplicate_id` problem.
+    forms, or two spellings that differ only in letter case) is ambiguous: it becomes a
+    `duplicate_id` problem.
     """
     root = os.fspath(root)
     found: dict[str, list[ImageRef]] = collections.defaultdict(list)
@@ -197,8 +198,27 @@ def index_images(root: str | os.PathLike) -> ImageIndex:
     refs: dict[str, ImageRef] = {}
     problems: list[Problem] = []
     duplicates: set[str] = set()
+    by_key: dict[str, list[str]] = collections.defaultdict(list)
+    for image_id in sorted(found):
+        by_key[csv_layout.id_key(image_id)].append(image_id)
+    for ids in by_key.values():
+        if len(ids) > 1:  # one file on a case-insensitive file system: which is meant?
+            duplicates.update(ids)
+            shown = ", ".join(str(r) for i in ids for r in found[i])
+            problems.append(
+                Problem(
+                    "duplicate_id",
+                    str(found[ids[1]][0]),
+                    0,
+                    ids[1],
+                    f"image ids {' and '.join(ids)} differ only in case ({shown}); expected "
+                    "ids that differ when case is ignored (rename one file)",
+                )
+            )
     for image_id in sorted(found):
         locations = found[image_id]
+        if image_id in duplicates:
+            continue
         if len(locations) == 1:
             refs[image_id] = locations[0]
         else:
@@ -293,7 +313,7 @@ def inspect_image(data: bytes) -> ImageInfo:
             im.load()
             if mode != "RGB":
                 image_modes.to_rgb(im)  # refuses modes without an 8-bit reading
-            width, height = im.size
+            width, height = image_modes.upright(im).size  # as stored: EXIF orientation applied
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError
         raise ValueError(f"{type(e).__name__}: {e}") from None
     if width < 1 or height < 1:
@@ -317,7 +337,8 @@ def _is_8bit_png(data: bytes) -> bool:
 def prepare_image(data: bytes, short_side: int = 0) -> tuple[bytes, bool]:
     """The bytes to store for an image and whether they differ from `data`.
 
-    `short_side == 0`: RGB JPEGs and 8-bit RGB PNGs are kept byte for byte; other modes or
+    `short_side == 0`: RGB JPEGs and 8-bit RGB PNGs are kept byte for byte unless their EXIF
+    orientation says they are turned (then they are stored upright); other modes or
     formats are converted to RGB (JPEG stays JPEG at quality 95, anything else becomes PNG) so
     every stored image decodes to uint8 (H, W, 3). `short_side > 0`: images whose shorter side
     exceeds it are downscaled (bicubic, antialiased) to that short side and stored as JPEG
@@ -325,12 +346,13 @@ def prepare_image(data: bytes, short_side: int = 0) -> tuple[bytes, bool]:
     """
     with Image.open(io.BytesIO(data)) as im:
         fmt, mode = im.format, im.mode
-        width, height = im.size
+        turn = image_modes.needs_turning(im)  # an EXIF orientation tag 2-8: stored upright
+        width, height = image_modes.upright(im).size if turn else im.size
         keep = mode == "RGB" and (fmt == "JPEG" or (fmt == "PNG" and _is_8bit_png(data)))
         resize = short_side > 0 and min(width, height) > short_side
-        if keep and not resize:
+        if keep and not resize and not turn:
             return data, False
-        rgb = image_modes.to_rgb(im)  # 16-bit and float samples scaled, not clipped
+        rgb = image_modes.to_rgb(image_modes.upright(im))  # 16-bit, float samples scaled
     if resize:
         size = short_side_size(width, height, short_side)
         rgb = rgb.resize(size, Image.Resampling.BICUBIC)
@@ -340,6 +362,12 @@ def prepare_image(data: bytes, short_side: int = 0) -> tuple[bytes, bool]:
     else:
         rgb.save(buffer, format="PNG")
     return buffer.getvalue(), True
+
+
+def is_turned(data: bytes) -> bool:
+    """True when the image `data` carries an EXIF orientation that `prepare_image` applies."""
+    with Image.open(io.BytesIO(data)) as im:
+        return image_modes.needs_turning(im)
 
 
 def describe_storage(short_side: int) -> str:
