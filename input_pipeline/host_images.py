@@ -32,7 +32,8 @@ def decode_image(image: Any, image_size: int, image_id: str = "?") -> np.ndarray
             pil = Image.open(io.BytesIO(bytes(image)))
             if pil.format == "JPEG":
                 pil.draft("RGB", (image_size, image_size))
-            return image_modes.to_rgb(pil, image_id)
+            # Files given to prediction may carry an EXIF orientation; built records never do.
+            return image_modes.to_rgb(image_modes.upright(pil), image_id)
         except Exception as err:
             raise ValueError(f"cannot decode image {image_id!r}: {err}") from err
     return as_rgb_uint8(image, image_id)

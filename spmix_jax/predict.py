@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
-from spmix_jax import cli  # noqa: E402
+from spmix_jax import cli, result_files  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -46,10 +46,11 @@ def csv_row(image: str, probs: np.ndarray, class_names: Sequence[str]) -> list[s
 
 
 def write_csv(stream: IO[str], header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    """Every CSV row this command writes goes through here."""
+    """Every CSV row this command writes goes through here: text cells a spreadsheet would
+    evaluate as a formula (an image named `=1+2.jpg`) are escaped (`result_files.escape_cell`)."""
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow([result_files.escape_cell(h) for h in header])
+    writer.writerows([result_files.escape_cell(v) for v in row] for row in rows)
 
 
 def overlay_name(path: str, index: int) -> str:
@@ -145,7 +146,7 @@ def main(argv: list[str]) -> None:
         flush=True,
     )
     if FLAGS.out:
-        with open(FLAGS.out, "w", newline="") as f:
+        with result_files.atomic_stream(FLAGS.out) as f:  # a killed run leaves no half CSV
             count, failed = predict_files(classifier, files, f, FLAGS.explain, sys.stderr)
         print(f"Wrote {count} predictions to {FLAGS.out}", file=sys.stderr)
     else:

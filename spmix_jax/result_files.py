@@ -22,8 +22,8 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import IO, Any
 
 from etils import epath
 
@@ -39,17 +39,22 @@ def escape_cell(value: Any) -> Any:
     return value
 
 
-def write_text(path: str | os.PathLike, text: str) -> epath.Path:
-    """Writes `text` (UTF-8) to `path` atomically, creating parent folders; returns the path."""
+@contextlib.contextmanager
+def atomic_stream(path: str | os.PathLike) -> Iterator[IO[str]]:
+    """A text stream (UTF-8) that becomes the file `path` only when the block ends without an
+    error: written to a temporary file beside it, then renamed, so a killed writer never leaves
+    half a file. Parent folders are created."""
     out = epath.Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     if "://" in os.fspath(path):  # object stores: a single upload is what they offer
-        out.write_text(text)
-        return out
+        buffer = io.StringIO()
+        yield buffer
+        out.write_text(buffer.getvalue())
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=os.fspath(out.parent))
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; open() would honour the umask
@@ -58,7 +63,13 @@ def write_text(path: str | os.PathLike, text: str) -> epath.Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return out
+
+
+def write_text(path: str | os.PathLike, text: str) -> epath.Path:
+    """Writes `text` (UTF-8) to `path` atomically, creating parent folders; returns the path."""
+    with atomic_stream(path) as f:
+        f.write(text)
+    return epath.Path(path)
 
 
 def _umask() -> int:
