@@ -88,11 +88,6 @@ def test_released_fill_is_the_pil_luma_of_the_fill_colour():
 # A view's map is the frame's map through that view's warp.
 
 
-def _edge(m: np.ndarray) -> np.ndarray:
-    """Pixel-edge affine (output -> input) of a 3 x 3 float64 matrix, for readability."""
-    return np.asarray(m, np.float64)
-
-
 def _np_crop_flip(crop, flip, out: int) -> np.ndarray:
     top, left, h, w = (float(v) for v in crop)
     m = np.array([[w / out, 0, left], [0, h / out, top], [0, 0, 1]], np.float64)
@@ -163,18 +158,20 @@ def _view_params(rng, names_index: int, batch: int, height: int, width: int, box
     ]
 
 
-@pytest.mark.parametrize("fill", ["released", "zero"])
-def test_each_view_carries_the_warp_of_its_frame_map(saved, fill):
+def test_each_view_carries_the_warp_of_its_frame_map(saved):
     """Under `frame`, every view's map equals the numpy warp of its image's frame map with the
-    crop, flip and RandAugment draw of that view; the frame map is the static map of the frame."""
+    crop, flip and RandAugment draw of that view; the frame map is the static map of the frame;
+    the views' pixels are those of the per-view code (saved)."""
     batch = _batch(saved)
-    config = _config("fine_grained", "frame", fill)
+    config = _config("fine_grained", "frame")
     rng = jax.random.PRNGKey(7)
-    frame_maps, _, maps = jax.jit(functools.partial(_saliency_phase, config, score_fn=None))(
+    frame_maps, made, maps = jax.jit(functools.partial(_saliency_phase, config, score_fn=None))(
         batch, rng=rng
     )
+    for name in step_lib.VIEW_NAMES:
+        np.testing.assert_allclose(np.asarray(made[name].unit), saved[f"unit_{name}"], atol=1e-6)
     b, h, w, _ = batch["primary_image"].shape
-    fill_value = saliency_source.fill_value(fill)
+    fill_value = saliency_source.fill_value("released")
     seen_fill = 0
     for who in ("primary", "secondary"):
         frames01 = jnp.asarray(batch[f"{who}_image"], jnp.float32) / 255.0
@@ -191,6 +188,30 @@ def test_each_view_carries_the_warp_of_its_frame_map(saved, fill):
                 if query:
                     seen_fill += int(np.sum(want == fill_value))
     assert seen_fill > 0  # some query view's RandAugment brought in fill
+
+
+def test_zero_fill_marks_where_randaugment_fills():
+    """A query view whose translation brings in fill: a constant map of ones carries 0 exactly
+    where the numpy warp says a stage left the canvas, and 1 elsewhere."""
+    params = views.QueryParams(
+        crop=jnp.array((2, 1, 14, 18), jnp.int32),
+        flip=jnp.array(True),
+        jitter=jnp.ones(3, jnp.float32),
+        jitter_order=jnp.arange(3, dtype=jnp.int32),
+        randaugment=randaugment.RandAugmentDraw(
+            op=jnp.array([3, 0], jnp.int32),  # TranslateXRel, then Rotate
+            apply=jnp.array([True, True]),
+            level=jnp.array([6.0, 5.0], jnp.float32),
+            sign=jnp.array([1.0, -1.0], jnp.float32),
+        ),
+    )
+    image = jnp.full((20, 26, 3), 0.5, jnp.float32)
+    _, carried = views.query_view_from_params(
+        image, params, SIZE, saliency_map=jnp.ones((20, 26)), map_fill=0.0
+    )
+    want = np_carry(np.ones((20, 26)), jax.tree.map(np.asarray, params), SIZE, 0.0, True)
+    assert 0.1 < float(np.mean(want == 0.0)) < 0.9
+    np.testing.assert_allclose(np.asarray(carried), want, atol=1e-6)
 
 
 def test_the_map_moves_exactly_as_the_pixels(saved):
@@ -213,7 +234,7 @@ def test_the_map_moves_exactly_as_the_pixels(saved):
 
 
 # ------------------------------------------------------------------------------------------------
-# `view` is the per-view code as it was; `frame` leaves the images alone.
+# `view` is the per-view code as it was.
 
 
 @pytest.mark.parametrize("method", ["fine_grained", "spectral_residual", "gradient"])
@@ -224,14 +245,6 @@ def test_view_source_reproduces_the_saved_maps(saved, method):
     assert frame_maps == {}
     for name in step_lib.VIEW_NAMES:
         np.testing.assert_allclose(np.asarray(maps[name]), saved[f"{method}_{name}"], atol=1e-6)
-        np.testing.assert_allclose(np.asarray(made[name].unit), saved[f"unit_{name}"], atol=1e-6)
-
-
-def test_frame_source_leaves_the_views_unchanged(saved):
-    config = _config("spectral_residual", "frame")
-    run = jax.jit(functools.partial(_saliency_phase, config, score_fn=None))
-    _, made, _ = run(_batch(saved), rng=jax.random.PRNGKey(7))
-    for name in step_lib.VIEW_NAMES:
         np.testing.assert_allclose(np.asarray(made[name].unit), saved[f"unit_{name}"], atol=1e-6)
 
 
