@@ -75,11 +75,12 @@ def spmix_config(
     key_encoder: str = "ema",
     ratio: str = "patch",
     tiny: bool = False,
+    source: str = "frame",
 ) -> ml_collections.ConfigDict:
     """The paper's config (configs/common.py) at the benchmark's sizes.
 
     `ratio="random"` draws the per-patch ratios at random, so no saliency map is used and XLA
-    drops their computation: the same step without saliency.
+    drops their computation: the same step without saliency. `source` is `saliency.source`.
     """
     c = common.base_config()
     c.data.name = "synthetic"
@@ -91,6 +92,7 @@ def spmix_config(
     c.model.dtype = dtype
     c.model.key_encoder = key_encoder
     c.saliency.method = saliency
+    c.saliency.source = source
     c.mix.ratio = ratio
     if tiny:
         c.model.proj_hidden = 16

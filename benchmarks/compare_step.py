@@ -9,7 +9,9 @@ all of them alike. Compilation is timed separately and excluded.
   query and key encoders, loss, AdamW, key-encoder update, enqueue), on uint8 pair batches;
   `spmix:none:<key encoder>` is the same step with random per-patch ratios (`mix.ratio=random`),
   so no saliency map is computed: the difference to a saliency case is what saliency costs
-  inside the compiled step, with whatever XLA fuses or overlaps;
+  inside the compiled step, with whatever XLA fuses or overlaps. `<saliency>` alone makes the
+  maps on each view (`saliency.source=view`); `<saliency>@frame` makes one map per image from
+  its stored frame and carries it through the view warps (`saliency.source=frame`);
 - `plain_jax`: the same backbone (`spmix_jax.models.ViT`) with a linear head, one view, one
   forward and backward, cross-entropy, AdamW (optax), jitted and donated: the floor for the model;
 - `plain_torch`: a plain PyTorch ViT of the same widths (`scaled_dot_product_attention`, AdamW),
@@ -47,7 +49,15 @@ import numpy as np  # noqa: E402
 
 from spmix_jax.models import decode_variant  # noqa: E402
 
-SALIENCY = ("fine_grained", "spectral_residual", "gradient", "none")
+SALIENCY = (
+    "fine_grained",
+    "spectral_residual",
+    "gradient",
+    "none",
+    "fine_grained@frame",
+    "spectral_residual@frame",
+    "gradient@frame",
+)
 KEY_ENCODERS = ("ema", "shared")
 ALL_CASES = tuple(f"spmix:{s}:{k}" for k in KEY_ENCODERS for s in SALIENCY) + (
     "plain_jax",
@@ -72,7 +82,8 @@ class Case:
 
 
 def spmix_case(name: str, args: argparse.Namespace, warmup: int) -> Case:
-    _, method, key = name.split(":")
+    _, saliency, key = name.split(":")
+    method, _, source = saliency.partition("@")
     config = bc.spmix_config(
         variant=args.variant,
         image_size=args.image_size,
@@ -83,6 +94,7 @@ def spmix_case(name: str, args: argparse.Namespace, warmup: int) -> Case:
         key_encoder=key,
         ratio="random" if method == "none" else "patch",
         tiny=args.dry_run,
+        source=source or "view",
     )
     built = bc.build_spmix(config)
     t0 = time.perf_counter()
@@ -106,6 +118,7 @@ def spmix_case(name: str, args: argparse.Namespace, warmup: int) -> Case:
     step_flops = bc.flops(compiled)
     info = {
         "saliency": method,
+        "saliency_source": config.saliency.source,
         "key_encoder": key,
         "lower_s": round(t1 - t0, 3),
         "compile_s": round(t2 - t1, 3),
@@ -267,8 +280,9 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for base in ("plain_jax", "plain_torch"):
             if base in per_ex:
                 out[f"{name} / {base}"] = round(per_ex[name] / per_ex[base], 3)
-        _, method, key = name.split(":")
-        static = f"spmix:fine_grained:{key}"
+        _, saliency, key = name.split(":")
+        method, at, source = saliency.partition("@")
+        static = f"spmix:fine_grained{at}{source}:{key}"
         if method == "gradient" and static in per_ex:
             out[f"{name} / {static}"] = round(per_ex[name] / per_ex[static], 3)
         control = f"spmix:none:{key}"

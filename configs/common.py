@@ -132,6 +132,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.saliency = ml_collections.ConfigDict()
     c.saliency.method = "fine_grained"  # gradient | fine_grained | spectral_residual
     c.saliency.score = "label"  # gradient saliency of: label | top logit
+    c.saliency.source = "frame"  # frame (released: once per image, warped per view) | view
+    c.saliency.fill = "released"  # carried map where RandAugment fills: released (162/255) | zero
 
     # --- mixing (docs/method.md sections 2, 5, 6, 11) ---------------------------------------------
     c.mix = ml_collections.ConfigDict()

@@ -9,7 +9,16 @@ from collections.abc import Sequence
 import ml_collections
 
 from input_pipeline import sampling, sources
-from spmix_jax import ema, key_encoder, losses, mixing, optimizer, saliency, sharding
+from spmix_jax import (
+    ema,
+    key_encoder,
+    losses,
+    mixing,
+    optimizer,
+    saliency,
+    saliency_source,
+    sharding,
+)
 from spmix_jax import queue as queue_lib
 from spmix_jax.errors import UserError
 from spmix_jax.models import decode_variant, inits
@@ -24,6 +33,8 @@ CHOICES = {
     "model.init": inits.INITS,
     "saliency.method": saliency.METHODS,
     "saliency.score": saliency.SCORES,
+    "saliency.source": saliency_source.SOURCES,
+    "saliency.fill": saliency_source.FILLS,
     "mix.method": tuple(mixing.MIXERS),
     "mix.primary": sampling.PRIMARY_CHOICES,
     "mix.ratio": mixing.RATIO_MODES,

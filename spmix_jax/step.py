@@ -24,7 +24,16 @@ import optax
 from clu import metrics as clu_metrics
 from flax import struct
 
-from spmix_jax import augment, ema, key_encoder, losses, mixing, optimizer, saliency
+from spmix_jax import (
+    augment,
+    ema,
+    key_encoder,
+    losses,
+    mixing,
+    optimizer,
+    saliency,
+    saliency_source,
+)
 from spmix_jax import queue as queue_lib
 from spmix_jax.models import decode_variant
 from spmix_jax.state import TrainState
@@ -68,32 +77,76 @@ def metrics_to_host(collection: clu_metrics.Collection) -> dict[str, float]:
 
 
 class View(NamedTuple):
-    """One augmented view of a batch: what the encoder sees and what static saliency reads."""
+    """One augmented view of a batch: what the encoder sees and what its saliency is made from."""
 
     normalised: jax.Array  # (B, M, M, 3) float32, normalised with the dataset's mean and std
     unit: jax.Array  # (B, M, M, 3) float32 RGB in [0, 1]: the encoder's input before normalising
-    geometry: jax.Array  # (B, M, M, 3) the same warp without colour ops (static saliency reads it)
+    geometry: jax.Array | None  # (B, M, M, 3) the warp without colour ops (static, `view` source)
+    saliency: jax.Array | None = None  # (B, M, M) the frame's map through this warp (`frame`)
+
+
+def frame_saliency(
+    batch: dict[str, jax.Array], config: ml_collections.ConfigDict, score_fn: Any
+) -> dict[str, jax.Array]:
+    """One (B, H, W) map per image of the pair from its stored frame (`saliency.source=frame`).
+
+    Empty for `saliency.source=view`, whose maps `saliency_maps` computes on each view.
+    """
+    if config.saliency.source != "frame":
+        return {}
+    return {
+        who: saliency_source.frame_maps(
+            config.saliency.method,
+            batch[f"{who}_image"],
+            batch.get(f"{who}_box"),
+            input_size=config.model.image_size,
+            score_fn=score_fn,
+            labels=batch[f"{who}_label"],
+            score=config.saliency.score,
+        )
+        for who in ("primary", "secondary")
+    }
 
 
 def make_views(
-    rng: jax.Array, batch: dict[str, jax.Array], settings: augment.ViewSettings, out_size: int
+    rng: jax.Array,
+    batch: dict[str, jax.Array],
+    settings: augment.ViewSettings,
+    out_size: int,
+    frame_maps: dict[str, jax.Array] | None = None,
+    map_fill: float = 0.0,
 ) -> dict[str, View]:
     """Query and key views of both images of every pair (docs/method.md section 3).
 
     Crops are drawn from each image's valid region (`<who>_box` in the batch) when the host sends
-    padded frames, so a view never shows padding.
+    padded frames, so a view never shows padding. With `frame_maps`, each view carries its
+    image's map through its own warp (`map_fill` where RandAugment brings in fill); otherwise it
+    carries its geometry-only warp for `saliency_maps`.
     """
     views = {}
     for name, key in zip(VIEW_NAMES, jax.random.split(rng, len(VIEW_NAMES)), strict=True):
         who, kind = name.split("_")
+        boxes = batch.get(f"{who}_box")  # valid region of each padded frame, if any
         make = augment.query_view if kind == "q" else augment.key_view
+        if frame_maps:
+            unit, normalised, warped_map = make(
+                key,
+                batch[f"{who}_image"],
+                out_size=out_size,
+                settings=settings,
+                boxes=boxes,
+                maps=frame_maps[who],
+                map_fill=map_fill,
+            )
+            views[name] = View(normalised, unit, None, warped_map)
+            continue
         unit, normalised, warp_only = make(
             key,
             batch[f"{who}_image"],
             out_size=out_size,
             settings=settings,
             with_geometry=True,
-            boxes=batch.get(f"{who}_box"),  # valid region of each padded frame, if any
+            boxes=boxes,
         )
         views[name] = View(normalised, unit, warp_only)
     return views
@@ -107,15 +160,22 @@ def saliency_maps(
 ) -> dict[str, jax.Array]:
     """One (B, M, M) map per view, without gradient (docs/method.md section 4).
 
-    Static maps read the view's geometry-only warp, so colour jitter, RandAugment's colour ops,
-    grayscale and blur never move the mixing ratios; gradient saliency reads what the encoder sees.
+    A view that carries its frame's map uses it. Otherwise static maps read the view's
+    geometry-only warp, so colour jitter, RandAugment's colour ops, grayscale and blur never move
+    the mixing ratios, and gradient saliency reads what the encoder sees.
     """
     static = config.saliency.method in saliency.STATIC_METHODS
     maps = {}
     for name, view in views.items():
+        if view.saliency is not None:
+            maps[name] = jax.lax.stop_gradient(view.saliency)
+            continue
+        images = view.geometry if static else view.unit
+        if images is None:
+            raise ValueError(f"view {name} carries neither its frame's map nor its geometry")
         sal = saliency.compute(
             config.saliency.method,
-            view.geometry if static else view.unit,
+            images,
             score_fn=score_fn,
             labels=batch[f"{name.split('_')[0]}_label"],
             score=config.saliency.score,
@@ -165,13 +225,16 @@ def train_step(
     rng_views, rng_mix_q, rng_mix_k = jax.random.split(rng, 3)
     labels = batch["primary_label"].astype(jnp.int32)
 
-    # (1) Views of both images, and their saliency maps when the mix reads them. Gradient
-    # saliency scores the views with the key encoder, without gradient.
-    views = make_views(rng_views, batch, settings, config.model.image_size)
+    # (1) Views of both images, and their saliency maps when the mix reads them: made once per
+    # image from its frame and carried through each view's warp, or made on each view
+    # (`saliency.source`). Gradient saliency scores with the key encoder, without gradient.
     frozen_keys = keys.frozen_variables(state)
     score_fn = lambda x: model.apply(  # noqa: E731
         frozen_keys, augment.normalize(x, settings), method=model.logits
     )
+    frame_maps = frame_saliency(batch, config, score_fn) if uses_saliency else {}
+    fill = saliency_source.fill_value(config.saliency.fill)
+    views = make_views(rng_views, batch, settings, config.model.image_size, frame_maps, fill)
     maps = saliency_maps(views, batch, config, score_fn) if uses_saliency else {}
 
     # (2) Mixing, per view: SPMix's per-patch ratios, a pixel baseline's mixed images, or none.

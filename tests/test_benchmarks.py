@@ -93,9 +93,14 @@ def test_compare_step_ratios_by_hand():
         "spmix:fine_grained:ema": 120.0,
         "spmix:gradient:ema": 300.0,
         "spmix:none:ema": 114.0,
+        "spmix:fine_grained@frame:ema": 116.0,
+        "spmix:gradient@frame:ema": 232.0,
         "plain_jax": 80.0,
     }
     out = compare_step.ratios({k: {"ms_per_example": v} for k, v in per_ex.items()})
+    # Gradient from the frame against static from the frame; shares against the same control.
+    assert out["spmix:gradient@frame:ema / spmix:fine_grained@frame:ema"] == 2.0
+    assert out["saliency share of spmix:gradient@frame:ema (1 - spmix:none:ema / it)"] == 0.509
     assert out["spmix:fine_grained:ema / plain_jax"] == 1.5
     assert out["spmix:gradient:ema / spmix:fine_grained:ema"] == 2.5
     assert out["saliency share of spmix:fine_grained:ema (1 - spmix:none:ema / it)"] == 0.05

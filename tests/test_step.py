@@ -20,7 +20,7 @@ import optax
 import pytest
 
 from configs import tiny
-from spmix_jax import augment, losses, mixing, optimizer, saliency, sharding, train
+from spmix_jax import augment, losses, mixing, optimizer, saliency, saliency_source, sharding, train
 from spmix_jax import state as state_lib
 from spmix_jax import step as step_lib
 from spmix_jax.models import decode_variant, make_model
@@ -244,10 +244,11 @@ def test_default_queue_enqueue(default):
     np.testing.assert_array_equal(q2.features[:BATCH], q1.features[:BATCH])
 
 
-def _pair_views(make, key_a, key_b, images_a, images_b, config):
+def _pair_views(make, key_a, key_b, images_a, images_b, config, maps_a=None, maps_b=None):
     """`make(key_a, images_a)` and `make(key_b, images_b)` in one call (one compile of the view).
 
-    Each returns (view01, normed, geometry-only warp).
+    Each returns (view01, normed, geometry-only warp), or (view01, normed, carried map) when the
+    frames' saliency maps are given.
 
     A single key is split into one key per example inside the view function, so passing those
     per-example keys for both halves of a concatenated batch gives the same two results.
@@ -256,9 +257,19 @@ def _pair_views(make, key_a, key_b, images_a, images_b, config):
     keys = jnp.concatenate([jax.random.split(key_a, n), jax.random.split(key_b, n)])
     images = jnp.concatenate([jnp.asarray(images_a), jnp.asarray(images_b)])
     settings = augment.ViewSettings.from_config(config.augment)
-    out = make(
-        keys, images, out_size=config.model.image_size, settings=settings, with_geometry=True
-    )
+    if maps_a is None:
+        out = make(
+            keys, images, out_size=config.model.image_size, settings=settings, with_geometry=True
+        )
+    else:
+        out = make(
+            keys,
+            images,
+            out_size=config.model.image_size,
+            settings=settings,
+            maps=jnp.concatenate([maps_a, maps_b]),
+            map_fill=saliency_source.fill_value(config.saliency.fill),
+        )
     return tuple(x[:n] for x in out), tuple(x[n:] for x in out)
 
 
@@ -275,15 +286,18 @@ def _recompute(
     rng_views, rng_rq, rng_rk = jax.random.split(rng, 3)
     k_pq, k_sq, k_pk, k_sk = jax.random.split(rng_views, 4)
     p_img, s_img = batch["primary_image"], batch["secondary_image"]
-    (_, pq, pq_geo), (_, sq, sq_geo) = _pair_views(
-        augment.query_view, k_pq, k_sq, p_img, s_img, config
+    # Static saliency of each whole frame, carried through every view's warp (docs/method.md
+    # section 4, `saliency.source=frame`).
+    p_map, s_map = (
+        saliency.compute("fine_grained", jnp.asarray(x) / 255.0) for x in (p_img, s_img)
     )
-    (_, pk, pk_geo), (_, sk, sk_geo) = _pair_views(
-        augment.key_view, k_pk, k_sk, p_img, s_img, config
+    (_, pq, pq_sal), (_, sq, sq_sal) = _pair_views(
+        augment.query_view, k_pq, k_sq, p_img, s_img, config, p_map, s_map
     )
-    # Static saliency reads the geometry-only warps (docs/method.md section 4).
-    geo = jnp.concatenate([pq_geo, sq_geo, pk_geo, sk_geo])
-    sal = jnp.split(saliency.compute("fine_grained", geo), 4)
+    (_, pk, pk_sal), (_, sk, sk_sal) = _pair_views(
+        augment.key_view, k_pk, k_sk, p_img, s_img, config, p_map, s_map
+    )
+    sal = [pq_sal, sq_sal, pk_sal, sk_sal]
 
     def ratios(sal_a, sal_b, rng_r):
         return mixing.patch_ratios(

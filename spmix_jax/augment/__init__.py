@@ -30,6 +30,9 @@ after each geometric op and runs RandAugment after the jitter; the differences a
 3. the fill colour is exact: each geometric stage records where it brings in fill, and the fill
    is inserted at that stage, so it skips the jitter and every colour op that precedes the
    geometric op and goes through the ones after it, as in torchvision.
+A saliency map of the source (`maps=` of `query_view` / `key_view`) rides through the same
+resampling as a fourth channel, so it moves exactly as the pixels, and takes its own fill value
+where a geometric op brings in fill (docs/method.md section 4).
 Colour jitter applies brightness, contrast and saturation in a random order per image (as
 torchvision's ColorJitter); hue jitter is not supported (docs/method.md section 3 uses 0).
 `tests/test_augment.py` compares whole views built from explicit parameters with the PIL chain

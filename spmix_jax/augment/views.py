@@ -216,7 +216,12 @@ def _crop_flip_matrix(crop: jax.Array, flip: jax.Array, out_size: int) -> jax.Ar
 
 
 def query_view_from_params(
-    image: jax.Array, params: QueryParams, out_size: int, with_geometry: bool = False
+    image: jax.Array,
+    params: QueryParams,
+    out_size: int,
+    with_geometry: bool = False,
+    saliency_map: jax.Array | None = None,
+    map_fill: float = 0.0,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """One image's query view in [0, 1]: one warp (crop, flip, RandAugment geometry), then colour.
 
@@ -226,8 +231,14 @@ def query_view_from_params(
     With `with_geometry`, returns (view, geometry): `geometry` is the same warp with no colour
     op at all (the fill in its own colour), what static saliency reads so that its map follows
     the view's geometry and never its colour (docs/method.md section 4).
+
+    With `saliency_map` (H, W) of the image, returns (view, map): the map resampled in the same
+    pass as the pixels, `map_fill` wherever a geometric op brings in fill (docs/method.md
+    section 4, saliency from the frame).
     """
     geometry.check_image(image)
+    if with_geometry and saliency_map is not None:
+        raise ValueError("pass either with_geometry or saliency_map, not both")
     ra = params.randaugment
     n = ra.op.shape[0]
     geometric = ra.apply & (ra.op < randaugment.NUM_GEOMETRIC_OPS)
@@ -240,16 +251,21 @@ def query_view_from_params(
     else:
         stages = jnp.zeros((0, 3, 3), jnp.float32)
     base = _crop_flip_matrix(params.crop, params.flip, out_size)
-    img, outside = geometry.resample_chain(image, base, stages, out_size)
+    source = image if saliency_map is None else _with_map_channel(image, saliency_map)
+    content, outside = geometry.resample_chain(source, base, stages, out_size)
+    img = content[..., :3]
     outside = outside & geometric[:, None, None]
     fill = jnp.asarray(randaugment.RANDAUGMENT_FILL, jnp.float32) / 255.0
     # Every geometric stage fills with the same colour, so without colour ops a pixel is fill
     # wherever any stage brings fill in.
-    warp_only = jnp.clip(jnp.where(outside.any(axis=0)[..., None], fill, img), 0.0, 1.0)
+    filled = outside.any(axis=0)
+    warp_only = jnp.clip(jnp.where(filled[..., None], fill, img), 0.0, 1.0)
+    if saliency_map is not None:
+        warp_only = jnp.clip(jnp.where(filled, jnp.float32(map_fill), content[..., 3]), 0.0, 1.0)
 
     def result(view: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         view = jnp.clip(view, 0.0, 1.0)
-        return (view, warp_only) if with_geometry else view
+        return (view, warp_only) if with_geometry or saliency_map is not None else view
 
     # The crop canvas torchvision's colour ops see until the first geometric op: global statistics
     # (contrast's mean, equalize's histogram) are taken from it while it is still current.
@@ -280,18 +296,38 @@ def query_view_from_params(
     return result(img)
 
 
+def _with_map_channel(image: jax.Array, saliency_map: jax.Array) -> jax.Array:
+    """The image with its (H, W) saliency map as a fourth channel, so one resampling moves both."""
+    if saliency_map.shape != image.shape[:2]:
+        raise ValueError(f"saliency_map must be {image.shape[:2]}, got {saliency_map.shape}")
+    return jnp.concatenate([image, saliency_map[..., None].astype(image.dtype)], axis=-1)
+
+
 def _key_unblurred_view(
-    image: jax.Array, params: KeyParams, out_size: int, with_geometry: bool = False
+    image: jax.Array,
+    params: KeyParams,
+    out_size: int,
+    with_geometry: bool = False,
+    saliency_map: jax.Array | None = None,
+    map_fill: float = 0.0,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """One image's key view before the blur: crop + flip warp, jitter, grayscale (unclipped).
 
-    With `with_geometry`, also the crop + flip warp before any colour op, clipped to [0, 1].
+    With `with_geometry`, also the crop + flip warp before any colour op, clipped to [0, 1]; with
+    `saliency_map`, that map through the same warp instead (the key view brings in no fill, so
+    `map_fill` is unused; it is accepted to share the query view's signature).
     """
     geometry.check_image(image)
+    if with_geometry and saliency_map is not None:
+        raise ValueError("pass either with_geometry or saliency_map, not both")
     base = _crop_flip_matrix(params.crop, params.flip, out_size)
-    warped = geometry.warp_affine(image, base, out_size)
+    source = image if saliency_map is None else _with_map_channel(image, saliency_map)
+    content = geometry.warp_affine(source, base, out_size)
+    warped = content[..., :3]
     img = colour.color_jitter(warped, params.jitter, params.jitter_order)
     img = jnp.where(params.gray, colour.grayscale(img), img)
+    if saliency_map is not None:
+        return img, jnp.clip(content[..., 3], 0.0, 1.0)
     return (img, jnp.clip(warped, 0.0, 1.0)) if with_geometry else img
 
 
@@ -306,13 +342,15 @@ def key_view_from_params(
     out_size: int,
     blur_radius: int,
     with_geometry: bool = False,
+    saliency_map: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """One image's key view in [0, 1]: crop + flip warp, jitter, grayscale, blur.
 
     With `with_geometry`, returns (view, geometry), `geometry` being the crop + flip warp before
-    any colour op (see `query_view_from_params`).
+    any colour op; with `saliency_map`, (view, the map through that warp) (see
+    `query_view_from_params`).
     """
-    out = _key_unblurred_view(image, params, out_size, with_geometry)
+    out = _key_unblurred_view(image, params, out_size, with_geometry, saliency_map)
     if isinstance(out, tuple):
         return _key_blur(out[0], params.blur, params.sigma, blur_radius), out[1]
     return _key_blur(out, params.blur, params.sigma, blur_radius)
@@ -378,12 +416,15 @@ def _random_views(
     with_geometry: bool,
     boxes: jax.Array | None = None,
     finish: Callable[[jax.Array, Any], jax.Array] | None = None,
+    maps: jax.Array | None = None,
+    map_fill: float = 0.0,
 ) -> tuple[jax.Array, ...]:
     """Checks the batch, draws per-example parameters, renders them and normalises.
 
-    Returns (view01, normed), plus the geometry-only warp when `with_geometry`. `boxes` (B, 4)
-    are the valid regions of padded frames (crops stay inside them); None: the whole image.
-    `finish(views, params)`, if given, is a batch-level last stage before normalising.
+    Returns (view01, normed), plus the geometry-only warp when `with_geometry`, or the warped
+    `maps` (B, H, W) when given. `boxes` (B, 4) are the valid regions of padded frames (crops
+    stay inside them); None: the whole image. `finish(views, params)`, if given, is a
+    batch-level last stage before normalising.
     """
     x = _check_images(images_uint8)
     out_size = _check_out_size(out_size)
@@ -396,10 +437,20 @@ def _random_views(
         if boxes.shape != (b, 4):
             raise ValueError(f"boxes must have shape ({b}, 4), got {boxes.shape}")
         params = jax.vmap(lambda k, box: sample(k, h, w, settings, box))(keys, boxes)
-    rendered = jax.vmap(lambda im, p: render(im, p, out_size, with_geometry=with_geometry))(
-        x, params
-    )
-    view01, *warp_only = rendered if with_geometry else (rendered,)
+    if maps is None:
+        rendered = jax.vmap(lambda im, p: render(im, p, out_size, with_geometry=with_geometry))(
+            x, params
+        )
+    else:
+        if with_geometry:
+            raise ValueError("pass either with_geometry or maps, not both")
+        maps = jnp.asarray(maps, jnp.float32)
+        if maps.shape != (b, h, w):
+            raise ValueError(f"maps must have shape ({b}, {h}, {w}), got {maps.shape}")
+        rendered = jax.vmap(
+            lambda im, p, m: render(im, p, out_size, saliency_map=m, map_fill=map_fill)
+        )(x, params, maps)
+    view01, *warp_only = rendered if with_geometry or maps is not None else (rendered,)
     if finish is not None:
         view01 = finish(view01, params)
     return (view01, normalize(view01, settings), *warp_only)
@@ -413,12 +464,16 @@ def query_view(
     settings: ViewSettings,
     with_geometry: bool = False,
     boxes: jax.Array | None = None,
+    maps: jax.Array | None = None,
+    map_fill: float = 0.0,
 ) -> tuple[jax.Array, ...]:
     """Query views of a uint8 (B, H, W, 3) batch: (view01, normed), float32 (B, M, M, 3).
 
     With `with_geometry` a third array follows: the same warps without colour ops, for static
     saliency; the views themselves (and the keys they use) do not change. `boxes` (B, 4): each
-    frame's valid region, from which the crop is drawn (None: the whole frame).
+    frame's valid region, from which the crop is drawn (None: the whole frame). With `maps`
+    (B, H, W), one saliency map per frame, the third array is instead each map carried through
+    its view's warp, `map_fill` where RandAugment brings in fill (B, M, M).
     """
     return _random_views(
         rng,
@@ -429,6 +484,8 @@ def query_view(
         query_view_from_params,
         with_geometry,
         boxes,
+        maps=maps,
+        map_fill=map_fill,
     )
 
 
@@ -440,11 +497,14 @@ def key_view(
     settings: ViewSettings,
     with_geometry: bool = False,
     boxes: jax.Array | None = None,
+    maps: jax.Array | None = None,
+    map_fill: float = 0.0,
 ) -> tuple[jax.Array, ...]:
     """Key views of a uint8 (B, H, W, 3) batch: (view01, normed), float32 (B, M, M, 3).
 
     The blur radius is static, ceil(3 * sigma_max), so every example shares one kernel size.
-    `with_geometry` and `boxes` as in `query_view`.
+    `with_geometry`, `boxes` and `maps` as in `query_view`; a key view brings in no fill, so
+    `map_fill` (accepted so that both views take the same arguments) is never used.
     """
     radius = colour.blur_radius(settings.blur_sigma[1])
     return _random_views(
@@ -457,6 +517,8 @@ def key_view(
         with_geometry,
         boxes,
         finish=functools.partial(blur_batch, radius=radius),
+        maps=maps,
+        map_fill=map_fill,
     )
 
 
