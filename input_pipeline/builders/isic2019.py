@@ -118,7 +118,7 @@ class Isic2019(base.ArrayRecordBuilder):
         checked: dict[str, list[image_files.Item]] = {}
         for part, items in parts.items():
             good, bad = image_files.check_images(
-                items, f"Checking {part} images", self._num_threads
+                items, f"Checking {part} images", self._num_threads, self._max_image_bytes
             )
             checked[part] = good
             problems += bad

@@ -138,7 +138,9 @@ class PadUfes20(base.ArrayRecordBuilder):
         c = self._config
         report = base.BuildReport()
         items, patients, clinical, problems = plan_pad_ufes20(manual_dir)
-        items, bad = image_files.check_images(items, "Checking images", self._num_threads)
+        items, bad = image_files.check_images(
+            items, "Checking images", self._num_threads, self._max_image_bytes
+        )
         problems += bad
         csv_layout.raise_unless_skipping(problems, self._skip_bad, manual_dir)
         report.skipped = list(problems)

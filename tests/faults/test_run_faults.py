@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from configs import tiny
-from configs.common import ISIC_CLASSES
+from input_pipeline.builders.isic2018 import ISIC_CLASSES
 from spmix_jax import evaluate, train
 from spmix_jax.errors import UserError
 
