@@ -101,10 +101,10 @@ def get_config(arg: str | None = None):
         c.model.bn_group_size = 16  # BatchNorm over each call's 16 images, trunk and heads
         c.model.init = "timm"  # timm's ViT init, PyTorch's Linear init in the heads
         c.train.eval_every_epochs = 1.0  # validate and keep the best checkpoint every epoch
+        c.data.num_classes = 7  # --num_classes 7: checked against the built dataset
         # Saliency from the stored frame, warped with each view, filled as the released maps are.
-        for field, value in (("source", "frame"), ("fill", "released")):
-            if field in c.saliency:
-                c.saliency[field] = value
+        c.saliency.source = "frame"
+        c.saliency.fill = "released"
     elif a.recipe == "finetune":
         c.optim.base_lr = 1e-4
         c.optim.base_batch = 512

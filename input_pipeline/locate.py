@@ -197,6 +197,17 @@ def _refuse_damaged(data_cfg: Any, path: str) -> None:
             raise damaged_error(data_cfg, file, f"not readable JSON ({e})") from None
 
 
+def _recorded_block(path: str) -> dict[str, Any] | None:
+    """The `spmix` block of the dataset's `metadata.json`, read as JSON without opening the
+    dataset in TFDS (whose damage is reported where a split is opened); None without one."""
+    try:
+        recorded = json.loads((epath.Path(path) / "metadata.json").read_text())
+    except FileNotFoundError:
+        return None
+    block = recorded.get(METADATA_KEY) if isinstance(recorded, dict) else None
+    return block if isinstance(block, dict) else None
+
+
 _stale_warned: dict[tuple[str, int, str], str] = {}
 
 
@@ -207,7 +218,7 @@ def _warn_if_stale(data_cfg: Any, path: str) -> None:
     The source is the folder the dataset recorded when built (another dataset's folder, e.g.
     the training folder of a run evaluated on a new one, says nothing about it); only when that
     folder is gone is `data.source_dir` taken as the source moved elsewhere."""
-    meta = build_metadata(path)
+    meta = _recorded_block(path)
     stored = None if meta is None else meta.get("source_fingerprint")
     if not stored:  # built before fingerprints were recorded
         return

@@ -212,8 +212,8 @@ def with_recorded_config(
         return config
     new, changed = run_config.apply_recorded(config, recorded, overrides)
     if changed and jax.process_index() == 0:
-        shown = ", ".join(changed[:6]) + (
-            f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        shown = ", ".join(changed[:12]) + (
+            f" and {len(changed) - 12} more" if len(changed) > 12 else ""
         )
         print(
             f"Using the settings the run in {workdir} was trained with for {shown} "

@@ -19,7 +19,14 @@ def test_bare_names_resolve_to_the_shipped_configs(tmp_path, monkeypatch):
     assert config_files.resolve("demo.py") == str(shipped / "demo.py")
     assert config_files.resolve("ham10000:method=ce") == f"{shipped / 'ham10000.py'}:method=ce"
     assert config_files.resolve("configs/tiny.py:steps=3") == f"{shipped / 'tiny.py'}:steps=3"
-    assert config_files.shipped_names() == ["demo", "ham10000", "isic2018", "tiny"]
+    assert config_files.shipped_names() == [
+        "demo",
+        "ham10000",
+        "isic2018",
+        "isic2019",
+        "pad_ufes20",
+        "tiny",
+    ]
     config = config_files.load("tiny:steps=3,method=ce")
     assert config.optim.total_steps == 3 and config.loss.name == "ce"
 
@@ -36,7 +43,9 @@ def test_an_existing_path_wins_over_a_shipped_name(tmp_path, monkeypatch):
 
 def test_missing_config_lists_the_shipped_ones(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(NotFoundError, match="shipped config: demo, ham10000, isic2018, tiny"):
+    with pytest.raises(
+        NotFoundError, match="shipped config: demo, ham10000, isic2018, isic2019, pad_ufes20, tiny"
+    ):
         config_files.resolve("demoo")
     with pytest.raises(NotFoundError, match="not found"):
         config_files.resolve("elsewhere/tiny.py")

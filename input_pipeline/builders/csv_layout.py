@@ -312,7 +312,11 @@ def class_names_in_rows(
             )
         return columns
     label_col = header.index(LABEL_COLUMN)
-    values = {f[label_col].strip() for f in reader if len(f) > label_col and f[label_col].strip()}
+    values = {
+        f[label_col].strip()
+        for _, f in _records(reader, source)
+        if len(f) > label_col and f[label_col].strip()
+    }
     if not values:
         raise DataError(f"{source}: no labels in column 'label' (expected class names)")
     indices = sorted(v for v in values if v.lstrip("-").isdigit())

@@ -123,5 +123,5 @@ def test_config_mistakes_print_one_error_line(tmp_path, spec, override, expected
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert expected in lines[0]
     if "not found" in expected:
-        assert "demo, ham10000, isic2018, tiny" in lines[0]
+        assert "demo, ham10000, isic2018, isic2019, pad_ufes20, tiny" in lines[0]
     assert not (tmp_path / "checkpoints").exists()
