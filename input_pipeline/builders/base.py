@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -349,3 +349,57 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         if block is not None:  # keep the re-encoding count current as splits finish
             block["report"]["reencoded"] = self._reencoded
             block["report"]["turned_upright"] = self._turned
+
+
+@dataclasses.dataclass(eq=False)
+class GroupSplitConfig(tfds.core.BuilderConfig):
+    """A release split here by group (lesion, patient): short_side 0 keeps the original bytes;
+    `split_fractions` (train, validation, test) and `seed` draw the split."""
+
+    short_side: int = 256
+    split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
+    seed: int = 0
+
+
+class GroupSplitBuilder(ArrayRecordBuilder):
+    """A builder of fixed classes (`CLASSES`) whose configs are `GroupSplitConfig`s named
+    `(original|short<N>)[_seed<S>]`; subclasses plan the items and split them."""
+
+    CLASSES: tuple[str, ...] = ()
+    TITLE = ""
+
+    @property
+    def _config(self) -> GroupSplitConfig:
+        return self.builder_config
+
+    def _class_names(self) -> tuple[str, ...]:
+        return self.CLASSES
+
+    def _description(self) -> str:
+        return self._config.description or self.TITLE
+
+    def _short_side(self) -> int:
+        return self._config.short_side
+
+    def _build_params(self) -> dict[str, Any]:
+        c = self._config
+        return {
+            "short_side": c.short_side,
+            "split_fractions": list(c.split_fractions),
+            "seed": c.seed,
+        }
+
+
+def group_split_config(
+    builder: type[GroupSplitBuilder],
+    name: str,
+    seed: int | None,
+    make: Callable[[str, int, int], GroupSplitConfig],
+) -> str | GroupSplitConfig:
+    """Resolves `(original|short<N>)[_seed<S>]` (plus an optional seed) to a config of
+    `builder`: predefined names come back as strings, anything else as a config `make` builds
+    from (name, short side, seed), its name spelling its values."""
+    canonical, short_side, chosen_seed = storage_config_name(builder.name, name, seed)
+    if canonical in {c.name for c in builder.BUILDER_CONFIGS}:
+        return canonical
+    return make(canonical, short_side, chosen_seed)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
 
 import tensorflow_datasets as tfds
 
@@ -51,14 +50,7 @@ Then run
 """
 
 
-@dataclasses.dataclass(eq=False)
-class Isic2019Config(tfds.core.BuilderConfig):
-    """short_side 0 keeps the original bytes; the training release is split by lesion with
-    `split_fractions` (train, validation, test) and `seed`."""
-
-    short_side: int = 256
-    split_fractions: tuple[float, ...] = DEFAULT_FRACTIONS
-    seed: int = 0
+Isic2019Config = base.GroupSplitConfig
 
 
 def _make(name: str, short_side: int, seed: int) -> Isic2019Config:
@@ -75,40 +67,17 @@ def _make(name: str, short_side: int, seed: int) -> Isic2019Config:
 
 
 def isic2019_config(name: str = "short256", *, seed: int | None = None) -> str | Isic2019Config:
-    """Resolves `(original|short<N>)[_seed<S>]` (plus an optional seed) to a config; predefined
-    names come back as strings, anything else as a custom config whose name spells its values."""
-    canonical, short_side, chosen_seed = base.storage_config_name("isic2019", name, seed)
-    if canonical in {c.name for c in Isic2019.BUILDER_CONFIGS}:
-        return canonical
-    return _make(canonical, short_side, chosen_seed)
+    """Resolves `(original|short<N>)[_seed<S>]` (plus an optional seed) to a config."""
+    return base.group_split_config(Isic2019, name, seed, _make)
 
 
-class Isic2019(base.ArrayRecordBuilder):
+class Isic2019(base.GroupSplitBuilder):
     """ISIC 2019 from a manual dir of the official downloads."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
     BUILDER_CONFIGS = [_make("short256", 256, 0), _make("original", 0, 0)]
-
-    @property
-    def _config(self) -> Isic2019Config:
-        return self.builder_config
-
-    def _class_names(self) -> tuple[str, ...]:
-        return ISIC2019_CLASSES
-
-    def _description(self) -> str:
-        return self._config.description or "ISIC 2019."
-
-    def _short_side(self) -> int:
-        return self._config.short_side
-
-    def _build_params(self) -> dict[str, Any]:
-        c = self._config
-        return {
-            "short_side": c.short_side,
-            "split_fractions": list(c.split_fractions),
-            "seed": c.seed,
-        }
+    CLASSES = ISIC2019_CLASSES
+    TITLE = "ISIC 2019."
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = os.fspath(dl_manager.manual_dir)

@@ -17,7 +17,6 @@ draws the split with seed S.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 from typing import Any
 
@@ -75,14 +74,7 @@ Then run
 """
 
 
-@dataclasses.dataclass(eq=False)
-class PadUfes20Config(tfds.core.BuilderConfig):
-    """short_side 0 keeps the original bytes; split by patient with `split_fractions` and
-    `seed`."""
-
-    short_side: int = 256
-    split_fractions: tuple[float, ...] = DEFAULT_FRACTIONS
-    seed: int = 0
+PadUfes20Config = base.GroupSplitConfig
 
 
 def _make(name: str, short_side: int, seed: int) -> PadUfes20Config:
@@ -100,38 +92,16 @@ def _make(name: str, short_side: int, seed: int) -> PadUfes20Config:
 
 def pad_ufes20_config(name: str = "short256", *, seed: int | None = None) -> str | PadUfes20Config:
     """Resolves `(original|short<N>)[_seed<S>]` (plus an optional seed) to a config."""
-    canonical, short_side, chosen_seed = base.storage_config_name("pad_ufes20", name, seed)
-    if canonical in {c.name for c in PadUfes20.BUILDER_CONFIGS}:
-        return canonical
-    return _make(canonical, short_side, chosen_seed)
+    return base.group_split_config(PadUfes20, name, seed, _make)
 
 
-class PadUfes20(base.ArrayRecordBuilder):
+class PadUfes20(base.GroupSplitBuilder):
     """PAD-UFES-20 from a manual dir holding the Mendeley Data download."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
     BUILDER_CONFIGS = [_make("short256", 256, 0), _make("original", 0, 0)]
-
-    @property
-    def _config(self) -> PadUfes20Config:
-        return self.builder_config
-
-    def _class_names(self) -> tuple[str, ...]:
-        return PAD_UFES20_CLASSES
-
-    def _description(self) -> str:
-        return self._config.description or "PAD-UFES-20."
-
-    def _short_side(self) -> int:
-        return self._config.short_side
-
-    def _build_params(self) -> dict[str, Any]:
-        c = self._config
-        return {
-            "short_side": c.short_side,
-            "split_fractions": list(c.split_fractions),
-            "seed": c.seed,
-        }
+    CLASSES = PAD_UFES20_CLASSES
+    TITLE = "PAD-UFES-20."
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = os.fspath(dl_manager.manual_dir)
