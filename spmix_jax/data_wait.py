@@ -53,11 +53,17 @@ class DataWaitMeter:
 
 
 def data_wait_hint(fraction: float, config: Any) -> str:
-    """Which knobs give the input pipeline room, with this run's values."""
+    """Which knobs give the input pipeline room, with this run's values (raw storage only for
+    built datasets: the synthetic data are drawn, not decoded)."""
+    storage = (
+        ""
+        if config.data.name == "synthetic"
+        else "build the dataset with `python -m input_pipeline.build ... --storage=raw` (no "
+        "decode or resize per sample), "
+    )
     return (
         f"note: the step waited for data {fraction:.0%} of the time; the host's input pipeline "
         f"limits this run. Raise --config.input.worker_count (now "
-        f"{config.input.worker_count}; up to the host's free cores), build the dataset with "
-        f"`python -m input_pipeline.build ... --storage=raw` (no decode or resize per sample), "
-        f"or lower --config.data.image_size (now {config.data.image_size})."
+        f"{config.input.worker_count}; up to the host's free cores), {storage}or lower "
+        f"--config.data.image_size (now {config.data.image_size})."
     )
