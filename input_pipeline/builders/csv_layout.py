@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from input_pipeline.errors import DataError
 
@@ -110,6 +111,20 @@ def _records(reader: Any, source: str) -> Iterator[tuple[int, list[str]]]:
                 "it (a quote inside a field is written as two quotes)."
             ) from None
         yield start, fields
+
+
+def _warn_if_spanning(fields: Sequence[str], source: str, start: int, end: int) -> None:
+    """Warns about a record whose unread columns hold line breaks: legitimate CSV (a quoted
+    note over several lines), but also what a quote left open in such a column does to the
+    rows after it, which are then read as part of that field."""
+    if end > start and any("\n" in f or "\r" in f for f in fields):
+        message = (
+            f"{source}, lines {start}-{end} were read as one row: a quoted field in a column "
+            'the build does not use runs over line breaks. If a quote (") was left open there, '
+            "the rows in between are missing from the dataset; check those lines."
+        )
+        logging.warning("%s", message)
+        print(f"warning: {message}", flush=True)
 
 
 def _unclosed_quote(fields: Sequence[str], start: int, end: int) -> str:
@@ -253,6 +268,8 @@ def parse_label_rows(
             continue
         read = fields if len(fields) != len(header) else [fields[i] for i in used]
         quote = _unclosed_quote(read, line, reader.line_num)
+        if not quote:
+            _warn_if_spanning(fields, source, line, reader.line_num)
         if quote or len(fields) != len(header):
             problems.append(
                 Problem(
@@ -366,6 +383,8 @@ def parse_lesion_rows(lines: Iterable[str], source: str) -> tuple[dict[str, str]
         whole = short or len(fields) != len(header)  # then any field may hold the quote
         read = fields if whole else [fields[image_col], fields[lesion_col]]
         quote = _unclosed_quote(read, line, reader.line_num)
+        if not quote:
+            _warn_if_spanning(fields, source, line, reader.line_num)
         if quote or short:
             problems.append(
                 Problem(

@@ -78,3 +78,14 @@ def test_line_break_inside_a_quoted_ignored_column_is_valid_csv():
         ["image_id,lesion_id,note\n", 'a,L1,"two\n', 'lines"\n', "b,L2,x\n"], "metadata.csv"
     )
     assert problems == [] and lesions == {"a": "L1", "b": "L2"}
+
+
+def test_quote_open_in_an_unread_column_is_warned_naming_the_lines(capsys):
+    # Valid CSV either way: the note of `a` runs over three lines (or a quote was left open and
+    # swallowed `b`); the build cannot tell, so it reads the row and says which lines to check.
+    lines = ["image,label,note\n", 'a,MEL,"open\n', "b,NV,x\n", 'c,NV,closed"\n', "d,NV,y\n"]
+    rows, problems = csv_layout.parse_label_rows(
+        lines, "labels.csv", ("MEL", "NV"), ignore_columns=("note",)
+    )
+    assert [r.image_id for r in rows] == ["a", "d"] and not problems
+    assert "warning: labels.csv, lines 2-4 were read as one row" in capsys.readouterr().out
