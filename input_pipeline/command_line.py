@@ -15,10 +15,16 @@ from absl import flags
 
 
 def show_flags_in_help(module_name: str) -> None:
-    """Makes the flags defined in `module_name` the key flags of the running program."""
+    """Makes the flags defined in `module_name` the key flags of the running program, and its
+    docstring (the usage: e.g. `spmix-predict --workdir=W PATH...`) the text `--help` starts
+    with; absl reads both from `__main__`, a console script's wrapper."""
     values = flags.FLAGS
     for flag in values.get_flags_for_module(module_name):
         values.register_key_flag_for_module(sys.argv[0], flag)
+    main = sys.modules.get("__main__")
+    module = sys.modules.get(module_name)
+    if main is not None and module is not None and not main.__doc__:
+        main.__doc__ = module.__doc__
 
 
 def verbose() -> bool:

@@ -58,6 +58,8 @@ def _assert_one_message(done: subprocess.CompletedProcess, starts: str) -> str:
     [
         ("spmix-train", ("--config", "--workdir", "--mode", "--[no]distributed")),
         ("spmix-build-data", ("--builder", "--data_dir", "--source", "--split_fractions")),
+        ("spmix-predict", ("spmix-predict --workdir=W", "PATH...", "--explain", "--out")),
+        ("spmix-export", ("--workdir", "--out")),
     ],
 )
 def test_installed_commands_list_their_flags_in_help(command, expected, tmp_path):
