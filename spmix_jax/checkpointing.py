@@ -19,6 +19,7 @@ import contextlib
 import errno
 import logging as std_logging
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -171,6 +172,10 @@ def disk_full_stops_the_run(directory: epath.Path, what: str = "in ") -> Iterato
             raise
         steps = complete_steps(directory) or complete_steps(directory / LATEST_DIR)
         kept = f"step {steps[-1]} stays the latest" if steps else "no earlier checkpoint exists"
+        # The abandoned writes' coroutines and files are collected at exit; their warnings
+        # ("never awaited", unclosed files) would otherwise follow, and bury, the one message.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", ResourceWarning)
         raise DiskFullError(
             f"the disk is full: writing {what}{directory} failed (no space left on "
             f"device, or a file size limit such as `ulimit -f`); {kept}. Free space there (or "

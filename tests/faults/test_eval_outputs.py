@@ -5,6 +5,7 @@ import jax
 import pytest
 
 from configs import tiny
+from input_pipeline.builders.isic2018 import ISIC_CLASSES
 from spmix_jax import checkpointing, evaluate, optimizer, run_config, sharding
 from spmix_jax import state as state_lib
 from spmix_jax.errors import UserError
@@ -25,7 +26,7 @@ def workdir(tmp_path_factory):
     state = state_lib.create(
         config, model, optimizer.make_optimizer(config, 160), mesh, rng=jax.random.PRNGKey(0)
     )
-    run = run_config.run_info(config, config.data.class_names, COUNTS, ["spmix-train"])
+    run = run_config.run_info(config, ISIC_CLASSES, COUNTS, ["spmix-train"])
     manager = checkpointing.latest_manager(str(workdir))
     checkpointing.save(manager, STEP, state, run=run)
     manager.wait_until_finished()
@@ -57,7 +58,7 @@ def test_same_checkpoint_on_two_datasets_keeps_both(workdir):
 
 @pytest.mark.slow
 def test_dataset_with_other_class_order_is_refused_showing_both(workdir, tmp_path):
-    names = list(tiny.get_config().data.class_names)
+    names = list(ISIC_CLASSES)  # the classes the run in `workdir` was trained on
     permuted = names[1:] + names[:1]
     source = helpers.make_source(tmp_path / "src", per_class=2, class_names=tuple(permuted))
     helpers.build(source, tmp_path / "tfds", class_names=tuple(permuted))

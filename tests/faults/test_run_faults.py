@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
     """`run/` trained 4 steps (checkpoints 2 and 4) on `tfds/`, built from `src/`."""
     root = tmp_path_factory.mktemp("trained")
     helpers.make_source(root / "src", per_class=3)
-    helpers.build(root / "src", root / "tfds")
+    helpers.build(root / "src", root / "tfds", class_names=ISIC_CLASSES)
     assert train.train_and_evaluate(run_config(root / "tfds", 4), str(root / "run"))
     return root
 
@@ -95,7 +95,7 @@ def test_two_builds_with_one_config_name_keep_both_results(trained, tmp_path):
     """Today both write `eval_folder_csv-default_train_4.json`; the second replaces the first."""
     workdir = _copy(trained, tmp_path)
     helpers.make_source(tmp_path / "src2", per_class=2, seed=5)
-    helpers.build(tmp_path / "src2", tmp_path / "tfds2")
+    helpers.build(tmp_path / "src2", tmp_path / "tfds2", class_names=ISIC_CLASSES)
     first = evaluate.run(run_config(trained / "tfds", 4), str(workdir), "eval")
     second = evaluate.run(run_config(tmp_path / "tfds2", 4), str(workdir), "eval")
     files = sorted(workdir.glob("eval_folder_csv-default*_train_4.json"))
@@ -123,7 +123,7 @@ def test_predict_csv_escapes_formula_ids(trained, tmp_path):
         row[0] = image_id
     with (source / "labels.csv").open("w", newline="") as f:
         csv.writer(f).writerows(rows)
-    helpers.build(source, tmp_path / "tfds")
+    helpers.build(source, tmp_path / "tfds", class_names=ISIC_CLASSES)
     result = evaluate.run(run_config(tmp_path / "tfds", 4), str(workdir), "predict")
     with open(result["path"], newline="") as f:
         ids = [row[0] for row in csv.reader(f)][1:]
