@@ -196,7 +196,8 @@ def test_predict_writes_probabilities_csv(runs):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    lines = (full / f"predict_synthetic-s0_validation_{STEPS}.csv").read_text().splitlines()
+    # Predictions default to the test split (the command says so).
+    lines = (full / f"predict_synthetic-s0_test_{STEPS}.csv").read_text().splitlines()
     assert lines[0] == "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC"
     assert len(lines) == 1 + 40
     probs = np.array([[float(v) for v in line.split(",")[1:]] for line in lines[1:]])
