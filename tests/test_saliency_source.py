@@ -243,9 +243,10 @@ def test_view_source_reproduces_the_saved_maps(saved, method):
     run = jax.jit(functools.partial(_saliency_phase, config, score_fn=_score_fn(saved)))
     frame_maps, made, maps = run(_batch(saved), rng=jax.random.PRNGKey(7))
     assert frame_maps == {}
+    # Saved under jax 0.10; newer XLA's float32 FFT and reductions differ in the last bits.
     for name in step_lib.VIEW_NAMES:
-        np.testing.assert_allclose(np.asarray(maps[name]), saved[f"{method}_{name}"], atol=1e-6)
-        np.testing.assert_allclose(np.asarray(made[name].unit), saved[f"unit_{name}"], atol=1e-6)
+        np.testing.assert_allclose(np.asarray(maps[name]), saved[f"{method}_{name}"], atol=1e-5)
+        np.testing.assert_allclose(np.asarray(made[name].unit), saved[f"unit_{name}"], atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
