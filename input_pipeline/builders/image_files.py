@@ -223,17 +223,7 @@ def index_images(root: str | os.PathLike) -> ImageIndex:
             refs[image_id] = locations[0]
         else:
             duplicates.add(image_id)
-            shown = ", ".join(str(r) for r in locations)
-            problems.append(
-                Problem(
-                    "duplicate_id",
-                    str(locations[1]),
-                    0,
-                    image_id,
-                    f"image id {image_id} has {len(locations)} files ({shown}); expected one "
-                    "file per id",
-                )
-            )
+            problems.append(_duplicate_files(image_id, locations))
     return ImageIndex(root, refs, problems, duplicates)
 
 
@@ -409,6 +399,18 @@ def _progress(iterable, total: int, desc: str):
     return tqdm_auto.tqdm(iterable, total=total, desc=desc, unit=" img", disable=None)
 
 
+def _duplicate_files(image_id: str, locations: Sequence[object]) -> Problem:
+    """The problem of an image id found in several files (folders, zips or both)."""
+    shown = ", ".join(str(r) for r in locations)
+    return Problem(
+        "duplicate_id",
+        str(locations[1]),
+        0,
+        image_id,
+        f"image id {image_id} has {len(locations)} files ({shown}); expected one file per id",
+    )
+
+
 def check_images(
     items: Sequence[Item],
     desc: str = "Checking images",
@@ -463,17 +465,7 @@ def merge_indexes(indexes: Sequence[ImageIndex]) -> ImageIndex:
             merged[image_id] = locations[0]
         elif image_id not in duplicates:
             duplicates.add(image_id)
-            shown = ", ".join(str(r) for r in locations)
-            problems.append(
-                Problem(
-                    "duplicate_id",
-                    str(locations[1]),
-                    0,
-                    image_id,
-                    f"image id {image_id} has {len(locations)} files ({shown}); expected one "
-                    "file per id",
-                )
-            )
+            problems.append(_duplicate_files(image_id, locations))
     return ImageIndex(", ".join(i.root for i in indexes), merged, problems, duplicates)
 
 
