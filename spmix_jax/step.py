@@ -85,27 +85,41 @@ class View(NamedTuple):
     saliency: jax.Array | None = None  # (B, M, M) the frame's map through this warp (`frame`)
 
 
+def _both(batch: dict[str, jax.Array], field: str) -> jax.Array | None:
+    """The primary's and the secondary's `field` stacked into one (2B, ...) array, if present."""
+    if f"primary_{field}" not in batch:
+        return None
+    return jnp.concatenate([batch[f"primary_{field}"], batch[f"secondary_{field}"]])
+
+
+def _halves(x: jax.Array) -> dict[str, jax.Array]:
+    """Splits a (2B, ...) array made by `_both` back into the primary's and the secondary's."""
+    primary, secondary = jnp.split(x, 2)
+    return {"primary": primary, "secondary": secondary}
+
+
 def frame_saliency(
     batch: dict[str, jax.Array], config: ml_collections.ConfigDict, score_fn: Any
 ) -> dict[str, jax.Array]:
     """One (B, H, W) map per image of the pair from its stored frame (`saliency.source=frame`).
 
-    Empty for `saliency.source=view`, whose maps `saliency_maps` computes on each view.
+    Both images of every pair go through one call (one copy of the saliency program in the
+    compiled step). Empty for `saliency.source=view`, whose maps `saliency_maps` computes on
+    each view.
     """
     if config.saliency.source != "frame":
         return {}
-    return {
-        who: saliency_source.frame_maps(
+    return _halves(
+        saliency_source.frame_maps(
             config.saliency.method,
-            batch[f"{who}_image"],
-            batch.get(f"{who}_box"),
+            _both(batch, "image"),
+            _both(batch, "box"),
             input_size=config.model.image_size,
             score_fn=score_fn,
-            labels=batch[f"{who}_label"],
+            labels=_both(batch, "label"),
             score=config.saliency.score,
         )
-        for who in ("primary", "secondary")
-    }
+    )
 
 
 def make_views(
@@ -122,33 +136,48 @@ def make_views(
     padded frames, so a view never shows padding. With `frame_maps`, each view carries its
     image's map through its own warp (`map_fill` where RandAugment brings in fill); otherwise it
     carries its geometry-only warp for `saliency_maps`.
+
+    Each view draws its examples' keys from its own key of `split(rng, 4)` (in VIEW_NAMES order),
+    and the primary and secondary images of a kind are rendered in one call on the stacked 2B
+    batch: the same views as four calls, with half the program to compile.
     """
+    keys = dict(zip(VIEW_NAMES, jax.random.split(rng, len(VIEW_NAMES)), strict=True))
+    size = batch["primary_image"].shape[0]
     views = {}
-    for name, key in zip(VIEW_NAMES, jax.random.split(rng, len(VIEW_NAMES)), strict=True):
-        who, kind = name.split("_")
-        boxes = batch.get(f"{who}_box")  # valid region of each padded frame, if any
-        make = augment.query_view if kind == "q" else augment.key_view
+    for kind, make in (("q", augment.query_view), ("k", augment.key_view)):
+        example_keys = jnp.concatenate(
+            [augment.example_keys(keys[f"{who}_{kind}"], size) for who in ("primary", "secondary")]
+        )
+        images = _both(batch, "image")
+        boxes = _both(batch, "box")  # valid region of each padded frame, if any
         if frame_maps:
-            unit, normalised, warped_map = make(
-                key,
-                batch[f"{who}_image"],
+            maps = jnp.concatenate([frame_maps["primary"], frame_maps["secondary"]])
+            unit, normalised, carried = make(
+                example_keys,
+                images,
                 out_size=out_size,
                 settings=settings,
                 boxes=boxes,
-                maps=frame_maps[who],
+                maps=maps,
                 map_fill=map_fill,
             )
-            views[name] = View(normalised, unit, None, warped_map)
-            continue
-        unit, normalised, warp_only = make(
-            key,
-            batch[f"{who}_image"],
-            out_size=out_size,
-            settings=settings,
-            with_geometry=True,
-            boxes=boxes,
-        )
-        views[name] = View(normalised, unit, warp_only)
+        else:
+            unit, normalised, carried = make(
+                example_keys,
+                images,
+                out_size=out_size,
+                settings=settings,
+                with_geometry=True,
+                boxes=boxes,
+            )
+        parts = [_halves(x) for x in (normalised, unit, carried)]
+        for who in ("primary", "secondary"):
+            normalised_w, unit_w, carried_w = (p[who] for p in parts)
+            views[f"{who}_{kind}"] = (
+                View(normalised_w, unit_w, None, carried_w)
+                if frame_maps
+                else View(normalised_w, unit_w, carried_w)
+            )
     return views
 
 
@@ -313,10 +342,19 @@ def train_step(
         queue=queue_lib.enqueue(state.queue, inputs.keys, labels),
     )
     # Finite loss and gradients can still overflow the update (a huge learning rate): the new
-    # parameters are checked too, so a non-finite state is never kept (or checkpointed).
-    finite = jnp.isfinite(loss) & jnp.all(
-        jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves((grads, params))])
+    # parameters are checked too, so a non-finite state is never kept (or checkpointed). The
+    # gradients are checked through their global norm (also a metric): one that overflows
+    # float32 counts as non-finite.
+    grad_norm = optax.global_norm(grads)
+    finite = (
+        jnp.isfinite(loss)
+        & jnp.isfinite(grad_norm)
+        & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
     )
+    # Through a conditional, so the flag is computed once: as a plain value XLA would copy its
+    # chain of per-leaf checks into every leaf's select below, multiplying the step's program
+    # (and compile time) by the number of leaves.
+    finite = jax.lax.cond(finite, lambda: jnp.bool_(True), lambda: jnp.bool_(False))
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     step_metrics = TrainMetrics.single_from_model_output(
         loss=jnp.where(finite, loss, jnp.nan),
@@ -324,7 +362,7 @@ def train_step(
         labels=labels,
         mix_ratio_mean=mq.share_mean,
         learning_rate=learning_rate,
-        grad_norm=optax.global_norm(grads),
+        grad_norm=grad_norm,
     )
     return new_state, step_metrics
 

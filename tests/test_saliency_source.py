@@ -268,14 +268,15 @@ def test_frame_to_input_resizes_the_valid_region_as_opencv():
 
 
 def test_gradient_from_the_frame_scores_each_image_once(saved):
-    """`frame`: one forward and backward per image (two batches of B per pair); `view`: four.
+    """`frame`: one forward and backward per image (2B images per B pairs, in one call);
+    `view`: one per view (four calls of B).
 
     Counted while tracing the saliency phase: each call of the scorer is one forward pass that
     `jax.grad` differentiates once."""
     batch = _batch(saved)
     b = batch["primary_image"].shape[0]
     score = _score_fn(saved)
-    for source, calls in (("frame", 2), ("view", 4)):
+    for source, calls in (("frame", [2 * b]), ("view", [b] * 4)):
         scored: list[int] = []
 
         def counted(x, scored=scored):
@@ -286,7 +287,7 @@ def test_gradient_from_the_frame_scores_each_image_once(saved):
         jax.jit(functools.partial(_saliency_phase, config, score_fn=counted)).lower(
             batch, rng=jax.random.PRNGKey(7)
         )
-        assert scored == [b] * calls, source
+        assert scored == calls, source
 
 
 def test_gradient_frame_map_is_the_gradient_of_the_resized_region(saved):

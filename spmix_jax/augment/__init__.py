@@ -50,12 +50,20 @@ crop. Every view is normalised by `normalize`.
 """
 
 from spmix_jax.augment import colour, geometry, randaugment, views
-from spmix_jax.augment.views import ViewSettings, eval_view, key_view, normalize, query_view
+from spmix_jax.augment.views import (
+    ViewSettings,
+    eval_view,
+    example_keys,
+    key_view,
+    normalize,
+    query_view,
+)
 
 __all__ = [
     "ViewSettings",
     "colour",
     "eval_view",
+    "example_keys",
     "geometry",
     "key_view",
     "normalize",

@@ -193,11 +193,28 @@ def color_jitter(
     query view passes the un-warped crop so that the mean is torchvision's, not the warped
     canvas'.
     """
+    return _jitter(img, factors, order, reference)[0]
 
+
+def color_jitter_with_reference(
+    img: jax.Array, factors: jax.Array, order: jax.Array, reference: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """`color_jitter(img, ..., reference)` and the jittered reference, `color_jitter(reference)`.
+
+    The reference goes through the same blends with its own mean, so it comes out as its own
+    jitter: the query view gets both from one pass instead of jittering its canvas twice.
+    """
+    out, ref = _jitter(img, factors, order, reference)
+    assert ref is not None
+    return out, ref
+
+
+def _jitter(
+    img: jax.Array, factors: jax.Array, order: jax.Array, ref: jax.Array | None
+) -> tuple[jax.Array, jax.Array | None]:
     def degenerate(x: jax.Array, op: jax.Array, mean: jax.Array) -> jax.Array:
         return jnp.where(op == 0, 0.0, jnp.where(op == 1, mean, luminance(x)))[..., None]
 
-    ref = reference
     for position in range(3):
         op = order[position]
         mean = mean_luminance(img if ref is None else ref)
@@ -205,4 +222,4 @@ def color_jitter(
         if ref is not None:
             ref = blend(degenerate(ref, op, mean), ref, factors[op])
         img = out
-    return img
+    return img, ref

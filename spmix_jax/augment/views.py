@@ -270,29 +270,40 @@ def query_view_from_params(
     # The crop canvas torchvision's colour ops see until the first geometric op: global statistics
     # (contrast's mean, equalize's histogram) are taken from it while it is still current.
     canvas = geometry.warp_affine(image, base, out_size)
-    img = colour.color_jitter(img, params.jitter, params.jitter_order, reference=canvas)
-    canvas = colour.color_jitter(canvas, params.jitter, params.jitter_order)
+    img, canvas = colour.color_jitter_with_reference(
+        img, params.jitter, params.jitter_order, canvas
+    )
     if not n:
         return result(img)
     # later_fill[k]: pixels that a geometric op after stage k fills.
     from_k = jnp.cumsum(outside[::-1].astype(jnp.int32), axis=0)[::-1] > 0
     later_fill = jnp.concatenate([from_k[1:], jnp.zeros_like(from_k[:1])])
 
-    def stage(carry, xs):
-        img, canvas, warped = carry
-        op, level, apply, geo, fill_here, fill_later = xs
-        img = jnp.where(fill_here[..., None], fill, img)
-        # Before any geometric op the crop canvas is current; afterwards use the warped canvas
-        # minus what later geometric ops fill.
-        reference = jnp.where(warped, img, canvas)
-        mask = ~warped | ~fill_later
-        img = jnp.where(apply, randaugment.randaugment_colour(img, op, level, mask, reference), img)
-        canvas = jnp.where(apply, randaugment.randaugment_colour(canvas, op, level), canvas)
-        return (img, canvas, warped | geo), None
+    def half_stage(carry, xs):
+        """Stage k's colour op on the view (`canvas_turn` False), then on the canvas (True).
 
-    # A scan compiles the stage once, whatever n is.
-    xs = (ra.op, ra.level, ra.apply, geometric, outside, later_fill)
-    (img, _, _), _ = jax.lax.scan(stage, (img, canvas, jnp.bool_(False)), xs)
+        One colour op per iteration, 2n iterations: the compiled step holds one copy of the
+        colour program instead of one for the view and one for the canvas.
+        """
+        img, canvas, warped = carry
+        canvas_turn, op, level, apply, geo, fill_here, fill_later = xs
+        img = jnp.where(fill_here[..., None] & ~canvas_turn, fill, img)
+        # The view's statistics: before any geometric op the crop canvas is current; afterwards
+        # the warped canvas minus what later geometric ops fill. The canvas reads its own.
+        source = jnp.where(canvas_turn, canvas, img)
+        reference = jnp.where(canvas_turn | ~warped, canvas, img)
+        mask = canvas_turn | ~warped | ~fill_later
+        out = jnp.where(
+            apply, randaugment.randaugment_colour(source, op, level, mask, reference), source
+        )
+        img = jnp.where(canvas_turn, img, out)
+        canvas = jnp.where(canvas_turn, out, canvas)
+        return (img, canvas, jnp.where(canvas_turn, warped | geo, warped)), None
+
+    # A scan compiles the stage once, whatever n is; each stage runs twice (view, canvas).
+    stages = (ra.op, ra.level, ra.apply, geometric, outside, later_fill)
+    xs = (jnp.tile(jnp.array([False, True]), n), *(jnp.repeat(x, 2, axis=0) for x in stages))
+    (img, _, _), _ = jax.lax.scan(half_stage, (img, canvas, jnp.bool_(False)), xs)
     return result(img)
 
 
@@ -389,7 +400,7 @@ def _check_out_size(out_size: int) -> int:
     return int(out_size)
 
 
-def _example_keys(rng: jax.Array, batch: int) -> jax.Array:
+def example_keys(rng: jax.Array, batch: int) -> jax.Array:
     """One typed key per example: split a single key, or take a (B,) batch of keys as given."""
     if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.wrap_key_data(rng)
@@ -429,7 +440,7 @@ def _random_views(
     x = _check_images(images_uint8)
     out_size = _check_out_size(out_size)
     b, h, w, _ = x.shape
-    keys = _example_keys(rng, b)
+    keys = example_keys(rng, b)
     if boxes is None:
         params = jax.vmap(lambda k: sample(k, h, w, settings))(keys)
     else:
