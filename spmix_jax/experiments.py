@@ -9,9 +9,14 @@ from ending the suite; a run whose final test evaluation exists is skipped and a
 resumes from its checkpoint, so a killed suite is restarted with the same command. Arguments
 starting with `--config.` are passed to every run (e.g. `--config.optim.total_steps=100`).
 
-Outputs in OUT: results.csv (one row per run, from the eval JSONs the trainer's final report
-writes: the checkpoint chosen on validation, evaluated on test), results.md (mean ± std over
-seeds per method), results.png, command.txt (this command and the git commit).
+A finished run also leaves its row in OUT/rows/M-sS.json with the base and overrides it ran
+with: a suite restarted elsewhere (a fresh clone with the rows committed, the run folders gone)
+skips the runs recorded there with the same base and overrides instead of training them again.
+
+Outputs in OUT, rewritten after every run so that a stopped suite still has its table:
+results.csv (one row per run, from the eval JSONs the trainer's final report writes: the
+checkpoint chosen on validation, evaluated on test), results.md (mean ± std over seeds per
+method), results.png, command.txt (this command and the git commit).
 """
 
 from __future__ import annotations
@@ -130,6 +135,30 @@ def run_row(
     timing = pathlib.Path(workdir) / "suite_time.json"
     row["wall_s"] = json.loads(timing.read_text())["wall_s"] if timing.is_file() else None
     return row
+
+
+def row_path(out: str, method: str, seed: int) -> pathlib.Path:
+    """The record of finished run (method, seed): its results row and what it ran with."""
+    return pathlib.Path(out) / "rows" / f"{method}-s{seed}.json"
+
+
+def run_settings(base: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """What makes two runs of a method and seed the same run: the base and the overrides."""
+    return {"base": base, "overrides": sorted(overrides)}
+
+
+def save_row(path: pathlib.Path, row: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Writes a finished run's record (atomically), with the commit it was summarised at."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result_files.write_json(path, {"row": row, "settings": settings, "git_commit": git_commit()})
+
+
+def recorded_row(path: pathlib.Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The row recorded at `path` if it ran with `settings`, else None."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record["row"] if record.get("settings") == settings else None
 
 
 def rarest_classes(names: Sequence[str], counts: Sequence[int] | None) -> list[str]:
@@ -268,6 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--out", required=True, help="suite directory")
     parser.add_argument("--extra", default="", help="METHOD:N,... run with the first N seeds")
+    parser.add_argument(
+        "--tables_only",
+        action="store_true",
+        help="write the tables and records from the runs finished so far; train nothing",
+    )
     args, passthrough = parser.parse_known_args(argv)
     bad = [a for a in passthrough if not a.startswith("--config.")]
     if bad:
@@ -291,15 +325,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = shlex.join([sys.executable, "-m", "spmix_jax.experiments", *argv])
-    result_files.write_text(out / "command.txt", f"{command}\ngit commit: {git_commit()}\n")
+    if not args.tables_only:
+        result_files.write_text(out / "command.txt", f"{command}\ngit commit: {git_commit()}\n")
+
+    settings = run_settings(args.base, passthrough)
+
+    def row_of(method: str, seed: int) -> dict[str, Any] | None:
+        """The run's row from its folder (recording it), else from its record."""
+        row = run_row(method, seed, run_dir(args.out, method, seed), test_split, eval_split)
+        path = row_path(args.out, method, seed)
+        if row is not None:
+            if recorded_row(path, settings) != row:
+                save_row(path, row, settings)
+            return row
+        return recorded_row(path, settings)
+
+    def write_tables() -> int:
+        rows = [row for m, s in runs if (row := row_of(m, s)) is not None]
+        write_csv(out / "results.csv", rows)
+        result_files.write_text(out / "results.md", summary_markdown(rows, methods))
+        if rows:
+            write_figure(out / "results.png", rows, methods)
+        return len(rows)
 
     durations: list[float] = []
     failed = []
-    for i, (method, seed) in enumerate(runs, start=1):
+    for i, (method, seed) in enumerate([] if args.tables_only else runs, start=1):
         workdir = run_dir(args.out, method, seed)
         name = f"{method}-s{seed}"
         if eval_json(workdir, test_split) is not None:
             print(f"[{i}/{len(runs)}] {name}: done before, skipped", flush=True)
+            continue
+        if recorded_row(row_path(args.out, method, seed), settings) is not None:
+            print(f"[{i}/{len(runs)}] {name}: recorded in {out / 'rows'}, skipped", flush=True)
             continue
         workdir.mkdir(parents=True, exist_ok=True)
         cmd = [
@@ -324,24 +382,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not ok:
             failed.append(name)
         durations.append(took)
-        left = sum(1 for m, s in runs[i:] if eval_json(run_dir(args.out, m, s), test_split) is None)
+        left = sum(1 for m, s in runs[i:] if row_of(m, s) is None)
         eta = _duration(float(np.mean(durations)) * left)
         status = "done" if ok else f"FAILED (exit {rc}; see {workdir / 'suite_log.txt'})"
         print(
             f"[{i}/{len(runs)}] {name}: {status} in {_duration(took)}; {left} left, ETA {eta}",
             flush=True,
         )
+        write_tables()
 
-    rows = [
-        row
-        for m, s in runs
-        if (row := run_row(m, s, run_dir(args.out, m, s), test_split, eval_split)) is not None
-    ]
-    write_csv(out / "results.csv", rows)
-    result_files.write_text(out / "results.md", summary_markdown(rows, methods))
-    if rows:
-        write_figure(out / "results.png", rows, methods)
-    print(f"Wrote {out / 'results.csv'}, results.md, results.png ({len(rows)} runs)")
+    count = write_tables()
+    print(f"Wrote {out / 'results.csv'}, results.md, results.png ({count} runs)")
     if failed:
         print(f"Failed runs: {', '.join(failed)}", flush=True)
     return 1 if failed else 0

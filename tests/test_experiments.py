@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -105,6 +106,31 @@ def test_suite_on_tiny_matches_the_run_jsons(tmp_path, monkeypatch):
     before = (out / "results.csv").read_text()
     assert experiments.main(argv) == 0
     assert (out / "results.csv").read_text() == before
+    # Elsewhere (the run folders gone, the committed rows kept), the suite trains nothing again
+    # and rebuilds the same table from the records.
+    assert experiments.main([*argv, "--tables_only"]) == 0
+    assert (out / "results.csv").read_text() == before
+    assert (out / "command.txt").read_text() == command
+    shutil.rmtree(out / "runs")
+    assert experiments.main(argv) == 0
+    assert not (out / "runs").exists()
+    assert (out / "results.csv").read_text() == before
+
+
+def test_a_run_record_is_reused_only_with_the_same_base_and_overrides(tmp_path):
+    settings = experiments.run_settings("configs/tiny.py", ["--config.b=2", "--config.a=1"])
+    path = experiments.row_path(str(tmp_path), "ce", 0)
+    row = {"method": "ce", "seed": 0, "balanced_accuracy": 0.5, "few_accuracy": None}
+    experiments.save_row(path, row, settings)
+    assert path == tmp_path / "rows" / "ce-s0.json"
+    same = experiments.run_settings("configs/tiny.py", ["--config.a=1", "--config.b=2"])
+    assert experiments.recorded_row(path, same) == row
+    for other in (
+        experiments.run_settings("configs/tiny.py", ["--config.a=1"]),
+        experiments.run_settings("configs/demo.py", ["--config.a=1", "--config.b=2"]),
+    ):
+        assert experiments.recorded_row(path, other) is None
+    assert experiments.recorded_row(experiments.row_path(str(tmp_path), "ce", 1), same) is None
 
 
 def test_misspelt_override_stops_the_suite_before_any_run(tmp_path):
