@@ -85,11 +85,14 @@ class View(NamedTuple):
     saliency: jax.Array | None = None  # (B, M, M) the frame's map through this warp (`frame`)
 
 
-def _both(batch: dict[str, jax.Array], field: str) -> jax.Array | None:
-    """The primary's and the secondary's `field` stacked into one (2B, ...) array, if present."""
-    if f"primary_{field}" not in batch:
-        return None
+def _both(batch: dict[str, jax.Array], field: str) -> jax.Array:
+    """The primary's and the secondary's `field` stacked into one (2B, ...) array."""
     return jnp.concatenate([batch[f"primary_{field}"], batch[f"secondary_{field}"]])
+
+
+def _both_boxes(batch: dict[str, jax.Array]) -> jax.Array | None:
+    """Both images' valid regions, (2B, 4), when the host sends padded frames; else None."""
+    return _both(batch, "box") if "primary_box" in batch else None
 
 
 def _halves(x: jax.Array) -> dict[str, jax.Array]:
@@ -113,7 +116,7 @@ def frame_saliency(
         saliency_source.frame_maps(
             config.saliency.method,
             _both(batch, "image"),
-            _both(batch, "box"),
+            _both_boxes(batch),
             input_size=config.model.image_size,
             score_fn=score_fn,
             labels=_both(batch, "label"),
@@ -149,7 +152,7 @@ def make_views(
             [augment.example_keys(keys[f"{who}_{kind}"], size) for who in ("primary", "secondary")]
         )
         images = _both(batch, "image")
-        boxes = _both(batch, "box")  # valid region of each padded frame, if any
+        boxes = _both_boxes(batch)
         if frame_maps:
             maps = jnp.concatenate([frame_maps["primary"], frame_maps["secondary"]])
             unit, normalised, carried = make(

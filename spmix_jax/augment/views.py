@@ -301,8 +301,8 @@ def query_view_from_params(
         return (img, canvas, jnp.where(canvas_turn, warped | geo, warped)), None
 
     # A scan compiles the stage once, whatever n is; each stage runs twice (view, canvas).
-    stages = (ra.op, ra.level, ra.apply, geometric, outside, later_fill)
-    xs = (jnp.tile(jnp.array([False, True]), n), *(jnp.repeat(x, 2, axis=0) for x in stages))
+    per_stage = (ra.op, ra.level, ra.apply, geometric, outside, later_fill)
+    xs = (jnp.tile(jnp.array([False, True]), n), *(jnp.repeat(x, 2, axis=0) for x in per_stage))
     (img, _, _), _ = jax.lax.scan(half_stage, (img, canvas, jnp.bool_(False)), xs)
     return result(img)
 
