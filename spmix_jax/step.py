@@ -151,28 +151,23 @@ def make_views(
         example_keys = jnp.concatenate(
             [augment.example_keys(keys[f"{who}_{kind}"], size) for who in ("primary", "secondary")]
         )
-        images = _both(batch, "image")
-        boxes = _both_boxes(batch)
-        if frame_maps:
-            maps = jnp.concatenate([frame_maps["primary"], frame_maps["secondary"]])
-            unit, normalised, carried = make(
-                example_keys,
-                images,
-                out_size=out_size,
-                settings=settings,
-                boxes=boxes,
-                maps=maps,
-                map_fill=map_fill,
-            )
-        else:
-            unit, normalised, carried = make(
-                example_keys,
-                images,
-                out_size=out_size,
-                settings=settings,
-                with_geometry=True,
-                boxes=boxes,
-            )
+        # Each view carries its frame's map through its warp, or its geometry-only warp.
+        carry: dict[str, Any] = (
+            {
+                "maps": jnp.concatenate([frame_maps["primary"], frame_maps["secondary"]]),
+                "map_fill": map_fill,
+            }
+            if frame_maps
+            else {"with_geometry": True}
+        )
+        unit, normalised, carried = make(
+            example_keys,
+            _both(batch, "image"),
+            out_size=out_size,
+            settings=settings,
+            boxes=_both_boxes(batch),
+            **carry,
+        )
         parts = [_halves(x) for x in (normalised, unit, carried)]
         for who in ("primary", "secondary"):
             normalised_w, unit_w, carried_w = (p[who] for p in parts)
