@@ -146,27 +146,23 @@ def make_views(
     """
     keys = dict(zip(VIEW_NAMES, jax.random.split(rng, len(VIEW_NAMES)), strict=True))
     size = batch["primary_image"].shape[0]
+    images, boxes = _both(batch, "image"), _both_boxes(batch)
+    # Each view carries its frame's map through its warp, or its geometry-only warp.
+    carry: dict[str, Any] = (
+        {
+            "maps": jnp.concatenate([frame_maps["primary"], frame_maps["secondary"]]),
+            "map_fill": map_fill,
+        }
+        if frame_maps
+        else {"with_geometry": True}
+    )
     views = {}
     for kind, make in (("q", augment.query_view), ("k", augment.key_view)):
         example_keys = jnp.concatenate(
             [augment.example_keys(keys[f"{who}_{kind}"], size) for who in ("primary", "secondary")]
         )
-        # Each view carries its frame's map through its warp, or its geometry-only warp.
-        carry: dict[str, Any] = (
-            {
-                "maps": jnp.concatenate([frame_maps["primary"], frame_maps["secondary"]]),
-                "map_fill": map_fill,
-            }
-            if frame_maps
-            else {"with_geometry": True}
-        )
         unit, normalised, carried = make(
-            example_keys,
-            _both(batch, "image"),
-            out_size=out_size,
-            settings=settings,
-            boxes=_both_boxes(batch),
-            **carry,
+            example_keys, images, out_size=out_size, settings=settings, boxes=boxes, **carry
         )
         parts = [_halves(x) for x in (normalised, unit, carried)]
         for who in ("primary", "secondary"):
