@@ -13,6 +13,7 @@ No `from __future__ import annotations` here: the clu metric collection below is
 `flax.struct.dataclass`, which reads its field annotations as classes.
 """
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -144,8 +145,13 @@ def make_views(
     and the primary and secondary images of a kind are rendered in one call on the stacked 2B
     batch: the same views as four calls, with half the program to compile.
     """
-    keys = dict(zip(VIEW_NAMES, jax.random.split(rng, len(VIEW_NAMES)), strict=True))
     size = batch["primary_image"].shape[0]
+    # The four views' example keys in one vmapped split: the same keys as four splits, with one
+    # copy of the random-bits program instead of four.
+    per_view = jax.vmap(lambda k: augment.example_keys(k, size))(
+        jax.random.split(rng, len(VIEW_NAMES))
+    )
+    keys = dict(zip(VIEW_NAMES, per_view, strict=True))
     images, boxes = _both(batch, "image"), _both_boxes(batch)
     # Each view carries its frame's map through its warp, or its geometry-only warp.
     carry: dict[str, Any] = (
@@ -158,9 +164,7 @@ def make_views(
     )
     views = {}
     for kind, make in (("q", augment.query_view), ("k", augment.key_view)):
-        example_keys = jnp.concatenate(
-            [augment.example_keys(keys[f"{who}_{kind}"], size) for who in ("primary", "secondary")]
-        )
+        example_keys = jnp.concatenate([keys[f"primary_{kind}"], keys[f"secondary_{kind}"]])
         unit, normalised, carried = make(
             example_keys, images, out_size=out_size, settings=settings, boxes=boxes, **carry
         )
@@ -217,6 +221,16 @@ def loss_log_prior(config: ml_collections.ConfigDict, class_counts: Any) -> np.n
     return losses.class_log_prior(
         class_counts, primary=config.mix.primary, balanced_q=config.input.balanced_q
     )
+
+
+def sum_over_leaves(tree: Any, fn: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+    """The sum of `fn(leaf)` over every element of every leaf, as one reduction.
+
+    The leaves are concatenated first (the state is replicated, so this stays on each device):
+    XLA compiles a reduction per leaf shape otherwise. Non-finite anywhere gives non-finite.
+    """
+    leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
+    return jnp.sum(jnp.concatenate([(x if fn is None else fn(x)).ravel() for x in leaves]))
 
 
 def train_step(
@@ -338,18 +352,12 @@ def train_step(
     # Finite loss and gradients can still overflow the update (a huge learning rate): the new
     # parameters are checked too, so a non-finite state is never kept (or checkpointed). The
     # gradients are checked through their global norm (also a metric): one that overflows
-    # float32 counts as non-finite.
-    grad_norm = optax.global_norm(grads)
-    finite = (
-        jnp.isfinite(loss)
-        & jnp.isfinite(grad_norm)
-        & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-    )
-    # Through a conditional, so the flag is computed once: as a plain value XLA would copy its
-    # chain of per-leaf checks into every leaf's select below, multiplying the step's program
-    # (and compile time) by the number of leaves.
-    finite = jax.lax.cond(finite, lambda: jnp.bool_(True), lambda: jnp.bool_(False))
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    # float32 counts as non-finite. Each check is one reduction over all leaves, and one
+    # conditional keeps or replaces the whole state: a reduction or a select per leaf would
+    # each be compiled as its own kernel, hundreds of them (benchmarks/README.md).
+    grad_norm = jnp.sqrt(sum_over_leaves(grads, jnp.square))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(sum_over_leaves(params))
+    new_state = jax.lax.cond(finite, lambda new, old: new, lambda new, old: old, new_state, state)
     step_metrics = TrainMetrics.single_from_model_output(
         loss=jnp.where(finite, loss, jnp.nan),
         logits=inputs.logits,
