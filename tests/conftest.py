@@ -9,6 +9,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
@@ -23,6 +25,21 @@ os.environ.setdefault(
     str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000_subset"),
 )
 HAM10000_DIR = pathlib.Path(os.environ["SPMIX_HAM10000_DIR"])
+
+# One persistent compilation cache for every training run of the session, here and in the
+# subprocesses the tests start (they inherit this environment): a step the session has compiled
+# once is loaded, not compiled again, by each later run with the same shapes and config. Kept
+# when the variable is already set; removed at the end of the session when made here.
+_SESSION_CACHE = None
+if not os.environ.get("SPMIX_COMPILE_CACHE"):
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="spmix-test-compile-cache-")
+    os.environ["SPMIX_COMPILE_CACHE"] = _SESSION_CACHE
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    del session, exitstatus
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
