@@ -8,8 +8,11 @@ forward, backward, AdamW). Each is timed as tracing + lowering (`lower_s`) and X
 (`compile_s`), ahead of time, with the persistent compilation cache off. Everything is compiled
 in one process, one after the other, so load from other processes weighs on all alike; the
 whole and the plain step are compiled `--rounds` times in alternation and their medians compared.
+With `--fresh_processes` each of those compiles runs in a new Python process of its own, as a
+user's first start does (nothing compiled before it in the process); the phases are then skipped.
 
     python benchmarks/compile_breakdown.py --variant S/16 --image_size 224 --batch 8 --out c.json
+    python benchmarks/compile_breakdown.py --variant S/16 --rounds 5 --fresh_processes
     python benchmarks/compile_breakdown.py --dry_run
 """
 
@@ -19,8 +22,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import json  # noqa: E402
 import pathlib  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -56,11 +62,36 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+STEPS = ("whole_step", "plain_vit_step")
+
+
+def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """This benchmark's own flags, and the rest for `step_breakdown.parse_args`."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--fresh_processes", action="store_true")
+    p.add_argument("--only", choices=STEPS, default="", help="compile this step once, alone")
+    own, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return own, rest
+
+
+def _in_fresh_process(name: str, argv: list[str]) -> dict[str, float]:
+    """`name` compiled once in a new Python process running this script with `--only`."""
+    done = subprocess.run(
+        [sys.executable, __file__, *argv, "--only", name, "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout)["compile"][name]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = step_breakdown.parse_args(argv)
+    own, rest = _parse(argv)
+    args = step_breakdown.parse_args(rest)
     jax.config.update("jax_enable_compilation_cache", False)
     report: dict[str, Any] = {"benchmark": "compile_breakdown", **bc.environment()}
     report["settings"] = {k: v for k, v in vars(args).items() if k != "out"}
+    report["settings"]["fresh_processes"] = own.fresh_processes
     config = bc.spmix_config(
         variant=args.variant,
         image_size=args.image_size,
@@ -71,20 +102,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         key_encoder=args.key_encoder,
         tiny=args.dry_run,
     )
+    if own.only:  # one compile, reported alone: the unit of --fresh_processes
+        if own.only == "whole_step":
+            built = bc.build_spmix(config)
+            row = _aot(built["step"], built["state"], built["batch"])
+        else:
+            plain = bc.build_plain_jax(
+                variant=args.variant, image_size=args.image_size, batch=args.batch, dtype=args.dtype
+            )
+            row = _aot(plain["step"], plain["state"], plain["images"], plain["labels"])
+        report["compile"] = {own.only: row}
+        bc.emit(report)
+        return report
+    # The whole and the plain step, compiled `rounds` times in alternation: a single compile of
+    # either moves by a second or more between runs on a shared machine; medians are reported.
+    repeats: dict[str, list[dict[str, float]]] = {name: [] for name in STEPS}
+    if own.fresh_processes:
+        for r in range(args.rounds):
+            for name in STEPS:
+                print(f"[compile_breakdown] {name}, fresh process, round {r + 1}", file=sys.stderr)
+                repeats[name].append(_in_fresh_process(name, rest))
+        rows = {name: _median(runs) for name, runs in repeats.items()}
+        report["compile"] = rows
+        report["whole_over_plain"] = round(
+            rows["whole_step"]["total_s"] / rows["plain_vit_step"]["total_s"], 2
+        )
+        report["note"] = (
+            "Each compile ran in a new Python process of its own (nothing compiled before it), "
+            "whole and plain step alternating; medians of lower + compile, totals_s lists each."
+        )
+        report["load_average_1min_end"] = round(os.getloadavg()[0], 2)
+        bc.emit(report, args.out)
+        return report
     built = bc.build_spmix(config)
     plain = bc.build_plain_jax(
         variant=args.variant, image_size=args.image_size, batch=args.batch, dtype=args.dtype
     )
-    # The whole and the plain step, compiled `rounds` times in alternation: a single compile of
-    # either moves by a second or more between runs on a shared machine; medians are reported.
-    repeats: dict[str, list[dict[str, float]]] = {"whole_step": [], "plain_vit_step": []}
     for r in range(args.rounds):
         print(f"[compile_breakdown] whole and plain step, round {r + 1}", file=sys.stderr)
         repeats["whole_step"].append(_aot(built["step"], built["state"], built["batch"]))
         repeats["plain_vit_step"].append(
             _aot(plain["step"], plain["state"], plain["images"], plain["labels"])
         )
-    rows: dict[str, dict[str, float]] = {name: _median(runs) for name, runs in repeats.items()}
+    rows = {name: _median(runs) for name, runs in repeats.items()}
     print("[compile_breakdown] phases", file=sys.stderr, flush=True)
     pieces = step_breakdown.build_pieces(config, built)
     wanted = f"saliency[{args.saliency}]"

@@ -224,10 +224,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--saliency", default="fine_grained", choices=saliency.METHODS)
     p.add_argument("--key_encoder", default="ema", choices=key_encoder.MODES)
     p.add_argument("--steps", type=int, default=2, help="calls per piece per round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=0, help="default 3 (2 with --dry_run)")
     args = p.parse_args(argv)
     if args.dry_run:
-        args.variant, args.image_size, args.batch, args.steps, args.rounds = "mu/8", 16, 4, 1, 2
+        args.variant, args.image_size, args.batch, args.steps = "mu/8", 16, 4, 1
+    args.rounds = args.rounds or (2 if args.dry_run else 3)
     args.data_size = args.data_size or args.image_size
     return args
 

@@ -145,6 +145,21 @@ def test_step_breakdown_dry_run_prints_valid_json_without_recompiles(tmp_path):
 
 
 @pytest.mark.slow
+def test_compile_breakdown_in_fresh_processes_reports_both_steps_and_their_ratio(tmp_path):
+    out = tmp_path / "compile.json"
+    args = [sys.executable, str(BENCH / "compile_breakdown.py"), "--dry_run", "--rounds", "1"]
+    report = json.loads(_run([*args, "--fresh_processes", "--out", str(out)]).stdout)
+    assert json.loads(out.read_text()) == report
+    assert report["settings"]["fresh_processes"] is True
+    rows = report["compile"]
+    assert set(rows) == {"whole_step", "plain_vit_step"}  # no phases in this mode
+    for row in rows.values():
+        assert len(row["totals_s"]) == 1 and row["total_s"] == row["totals_s"][0] > 0
+    ratio = rows["whole_step"]["total_s"] / rows["plain_vit_step"]["total_s"]
+    assert report["whole_over_plain"] == round(ratio, 2)
+
+
+@pytest.mark.slow
 def test_input_pipeline_on_synthetic_jpegs_reports_host_against_step(tmp_path):
     out = tmp_path / "pipe.json"
     args = [sys.executable, str(BENCH / "input_pipeline.py"), "--make_jpegs", "32"]
