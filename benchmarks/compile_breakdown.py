@@ -77,7 +77,7 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 def _in_fresh_process(name: str, argv: list[str]) -> dict[str, float]:
     """`name` compiled once in a new Python process running this script with `--only`."""
     done = subprocess.run(
-        [sys.executable, __file__, *argv, "--only", name, "--rounds", "1"],
+        [sys.executable, __file__, *argv, "--only", name],
         capture_output=True,
         text=True,
         check=True,
@@ -103,48 +103,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tiny=args.dry_run,
     )
     if own.only:  # one compile, reported alone: the unit of --fresh_processes
-        if own.only == "whole_step":
-            built = bc.build_spmix(config)
-            row = _aot(built["step"], built["state"], built["batch"])
-        else:
-            plain = bc.build_plain_jax(
-                variant=args.variant, image_size=args.image_size, batch=args.batch, dtype=args.dtype
-            )
-            row = _aot(plain["step"], plain["state"], plain["images"], plain["labels"])
-        report["compile"] = {own.only: row}
+        fn, fargs, _ = _build(own.only, config, args)
+        report["compile"] = {own.only: _aot(fn, *fargs)}
         bc.emit(report)
         return report
     # The whole and the plain step, compiled `rounds` times in alternation: a single compile of
     # either moves by a second or more between runs on a shared machine; medians are reported.
     repeats: dict[str, list[dict[str, float]]] = {name: [] for name in STEPS}
-    if own.fresh_processes:
-        for r in range(args.rounds):
-            for name in STEPS:
-                print(f"[compile_breakdown] {name}, fresh process, round {r + 1}", file=sys.stderr)
+    steps = {} if own.fresh_processes else {name: _build(name, config, args) for name in STEPS}
+    where = "fresh process" if own.fresh_processes else "this process"
+    for r in range(args.rounds):
+        for name in STEPS:
+            print(f"[compile_breakdown] {name}, {where}, round {r + 1}", file=sys.stderr)
+            if own.fresh_processes:
                 repeats[name].append(_in_fresh_process(name, rest))
-        rows = {name: _median(runs) for name, runs in repeats.items()}
-        report["compile"] = rows
-        report["whole_over_plain"] = round(
-            rows["whole_step"]["total_s"] / rows["plain_vit_step"]["total_s"], 2
-        )
+            else:
+                fn, fargs, _ = steps[name]
+                repeats[name].append(_aot(fn, *fargs))
+    rows = {name: _median(runs) for name, runs in repeats.items()}
+    report["compile"] = rows
+    report["whole_over_plain"] = round(
+        rows["whole_step"]["total_s"] / rows["plain_vit_step"]["total_s"], 2
+    )
+    if own.fresh_processes:
         report["note"] = (
             "Each compile ran in a new Python process of its own (nothing compiled before it), "
             "whole and plain step alternating; medians of lower + compile, totals_s lists each."
         )
-        report["load_average_1min_end"] = round(os.getloadavg()[0], 2)
-        bc.emit(report, args.out)
-        return report
-    built = bc.build_spmix(config)
+    else:
+        _compile_phases(config, args, steps["whole_step"][2], rows, report)
+    report["load_average_1min_end"] = round(os.getloadavg()[0], 2)
+    bc.emit(report, args.out)
+    return report
+
+
+def _build(name: str, config: Any, args: argparse.Namespace) -> tuple[Any, tuple[Any, ...], Any]:
+    """Step `name` (one of STEPS), the arguments it is compiled at, and what built it."""
+    if name == "whole_step":
+        built = bc.build_spmix(config)
+        return built["step"], (built["state"], built["batch"]), built
     plain = bc.build_plain_jax(
         variant=args.variant, image_size=args.image_size, batch=args.batch, dtype=args.dtype
     )
-    for r in range(args.rounds):
-        print(f"[compile_breakdown] whole and plain step, round {r + 1}", file=sys.stderr)
-        repeats["whole_step"].append(_aot(built["step"], built["state"], built["batch"]))
-        repeats["plain_vit_step"].append(
-            _aot(plain["step"], plain["state"], plain["images"], plain["labels"])
-        )
-    rows = {name: _median(runs) for name, runs in repeats.items()}
+    return plain["step"], (plain["state"], plain["images"], plain["labels"]), plain
+
+
+def _compile_phases(
+    config: Any, args: argparse.Namespace, built: Any, rows: dict[str, Any], report: dict[str, Any]
+) -> None:
+    """Each phase of the step compiled alone, added to `rows`; their sum and RandAugment's share."""
     print("[compile_breakdown] phases", file=sys.stderr, flush=True)
     pieces = step_breakdown.build_pieces(config, built)
     wanted = f"saliency[{args.saliency}]"
@@ -157,13 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     size = config.model.image_size
     views_no_ra = jax.jit(lambda r, b: step_lib.make_views(r, b, no_ra, size))
     rows["views_without_randaugment"] = _aot(views_no_ra, jax.random.PRNGKey(0), built["batch"])
-    phases = [
-        n for n in rows if n not in ("whole_step", "plain_vit_step", "views_without_randaugment")
-    ]
-    whole = rows["whole_step"]["total_s"]
-    plain_total = rows["plain_vit_step"]["total_s"]
-    report["compile"] = rows
-    report["whole_over_plain"] = round(whole / plain_total, 2)
+    phases = [n for n in rows if n not in (*STEPS, "views_without_randaugment")]
     report["sum_of_phases_s"] = round(
         sum(rows[n]["lower_s"] + rows[n]["compile_s"] for n in phases), 3
     )
@@ -180,9 +181,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "whole_over_plain is the median (lower + compile) of the SPMix step over that of the plain "
         "step, both compiled `rounds` times in alternation (totals_s lists every run)."
     )
-    report["load_average_1min_end"] = round(os.getloadavg()[0], 2)
-    bc.emit(report, args.out)
-    return report
 
 
 if __name__ == "__main__":
