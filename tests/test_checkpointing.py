@@ -67,7 +67,7 @@ def _tmp_dirs(workdir: pathlib.Path) -> list[str]:
 
 @pytest.mark.slow
 def test_kill_during_async_save_resumes_from_a_complete_checkpoint(tmp_path):
-    steps = 40
+    steps = 12
     workdir = tmp_path / "run"
     cmd = [
         sys.executable,
