@@ -390,6 +390,20 @@ class GroupSplitBuilder(ArrayRecordBuilder):
         }
 
 
+def make_group_split_config(
+    name: str, short_side: int, seed: int, *, split: str
+) -> GroupSplitConfig:
+    """A `GroupSplitConfig` whose description says how the release is split (`split`, with
+    `{seed}` filled in) and how its images are stored."""
+    images = image_files.describe_storage(short_side)
+    return GroupSplitConfig(
+        name=name,
+        description=f"{split.format(seed=seed)}; images: {images}.",
+        short_side=short_side,
+        seed=seed,
+    )
+
+
 def group_split_config(
     builder: type[GroupSplitBuilder],
     name: str,

@@ -15,6 +15,7 @@ Configs: `short256` (default: images downscaled so the shorter side is 256, JPEG
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import tensorflow_datasets as tfds
@@ -53,17 +54,13 @@ Then run
 Isic2019Config = base.GroupSplitConfig
 
 
-def _make(name: str, short_side: int, seed: int) -> Isic2019Config:
-    images = image_files.describe_storage(short_side)
-    return Isic2019Config(
-        name=name,
-        description=(
-            f"ISIC 2019: the training release split by lesion 80/10/10 (seed {seed}) into "
-            f"train / validation / test; official test as official_test; images: {images}."
-        ),
-        short_side=short_side,
-        seed=seed,
-    )
+_make = functools.partial(
+    base.make_group_split_config,
+    split=(
+        "ISIC 2019: the training release split by lesion 80/10/10 (seed {seed}) into "
+        "train / validation / test; official test as official_test"
+    ),
+)
 
 
 def isic2019_config(name: str = "short256", *, seed: int | None = None) -> str | Isic2019Config:

@@ -17,6 +17,7 @@ draws the split with seed S.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from typing import Any
 
@@ -77,17 +78,10 @@ Then run
 PadUfes20Config = base.GroupSplitConfig
 
 
-def _make(name: str, short_side: int, seed: int) -> PadUfes20Config:
-    images = image_files.describe_storage(short_side)
-    return PadUfes20Config(
-        name=name,
-        description=(
-            f"PAD-UFES-20: split by patient 80/10/10 (seed {seed}) into train / validation / "
-            f"test; images: {images}."
-        ),
-        short_side=short_side,
-        seed=seed,
-    )
+_make = functools.partial(
+    base.make_group_split_config,
+    split="PAD-UFES-20: split by patient 80/10/10 (seed {seed}) into train / validation / test",
+)
 
 
 def pad_ufes20_config(name: str = "short256", *, seed: int | None = None) -> str | PadUfes20Config:
