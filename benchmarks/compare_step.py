@@ -109,7 +109,7 @@ def spmix_case(name: str, args: argparse.Namespace, warmup: int) -> Case:
         start = time.perf_counter()
         state, metrics = holder["state"], holder["metrics"]
         for _ in range(n):
-            state, metrics = compiled(state, batch)
+            state, metrics = compiled(state, batch, built["step"].base_key)
         jax.block_until_ready((state, metrics))
         holder["state"], holder["metrics"] = state, metrics
         return time.perf_counter() - start

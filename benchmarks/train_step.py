@@ -142,14 +142,14 @@ def benchmark_step(
 
     metrics = None
     for i in range(warmup):
-        state, metrics = compiled(state, batch_for(i))
+        state, metrics = compiled(state, batch_for(i), train_step.base_key)
     jax.block_until_ready((state, metrics))
 
     if profile_dir:
         jax.profiler.start_trace(profile_dir)
     start = time.perf_counter()
     for i in range(steps):
-        state, metrics = compiled(state, batch_for(warmup + i))
+        state, metrics = compiled(state, batch_for(warmup + i), train_step.base_key)
     jax.block_until_ready((state, metrics))
     elapsed = time.perf_counter() - start
     if profile_dir:

@@ -17,6 +17,9 @@ Outputs in OUT, rewritten after every run so that a stopped suite still has its 
 results.csv (one row per run, from the eval JSONs the trainer's final report writes: the
 checkpoint chosen on validation, evaluated on test), results.md (mean ± std over seeds per
 method), results.png, command.txt (this command and the git commit).
+
+The runs share one compilation cache, OUT/compile_cache (`suite_environment`): a method's seeds
+after the first load its compiled programs instead of compiling them.
 """
 
 from __future__ import annotations
@@ -288,6 +291,22 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def suite_environment(out: pathlib.Path) -> dict[str, str]:
+    """The runs' environment: this one, with one compilation cache for the whole suite.
+
+    A method's runs differ only in their seed, which the compiled step takes as an input, so
+    every seed after the first loads the method's programs from `OUT/compile_cache` instead of
+    compiling them. A cache already named in the environment, or by
+    `--config.train.compile_cache`, is used instead.
+    """
+    from spmix_jax import compile_cache  # imports jax: only when runs are launched
+
+    env = dict(os.environ)
+    if not (env.get(compile_cache.ENV_VAR) or env.get("JAX_COMPILATION_CACHE_DIR")):
+        env[compile_cache.ENV_VAR] = str(out / compile_cache.FOLDER)
+    return env
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs (or resumes) the suite and writes its tables; returns 1 if any run failed."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -350,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     durations: list[float] = []
     failed = []
+    env = suite_environment(out)
     for i, (method, seed) in enumerate([] if args.tables_only else runs, start=1):
         workdir = run_dir(args.out, method, seed)
         name = f"{method}-s{seed}"
@@ -373,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with (workdir / "suite_log.txt").open("a") as log:
             log.write(f"$ {shlex.join(cmd)}\n")
             log.flush()
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
         took = time.monotonic() - start
         timing = workdir / "suite_time.json"
         before = json.loads(timing.read_text())["wall_s"] if timing.is_file() else 0.0

@@ -6,7 +6,9 @@
 `train.py` binds the static arguments with `functools.partial` and jits the result with donation
 and shardings. Every choice the config makes (mix family, key-encoder mode, loss) is looked up once
 from the module that implements it; the step itself never branches on them. Randomness comes from
-`fold_in(seed, step)`, so no key is stored in the state. docs/method.md section 13 maps each phase
+`fold_in(base_key, step)`, `base_key` being `PRNGKey(config.seed)`, so no key is stored in the
+state; the key is an argument of the step, not a constant in it, so runs that differ only in their
+seed compile the same program. docs/method.md section 13 maps each phase
 to the functions it calls.
 
 No `from __future__ import annotations` here: the clu metric collection below is a
@@ -236,6 +238,7 @@ def sum_over_leaves(tree: Any, fn: Callable[[jax.Array], jax.Array] | None = Non
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
+    base_key: jax.Array,
     *,
     config: ml_collections.ConfigDict,
     model: nn.Module,
@@ -244,6 +247,8 @@ def train_step(
     num_train: int,
 ) -> tuple[TrainState, TrainMetrics]:
     """One step on a batch of pairs; returns the new state and this step's metrics.
+
+    `base_key` is the run's `PRNGKey(config.seed)`; each step draws from `fold_in(base_key, step)`.
 
     A non-finite loss, gradient or updated parameter leaves the state unchanged and reports a
     NaN loss (the loop stops on it before saving).
@@ -258,7 +263,7 @@ def train_step(
         config.model.ema_schedule,
     )(state.step)
     learning_rate = optimizer.learning_rate_schedule(config, num_train)(state.step)
-    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
+    rng = jax.random.fold_in(base_key, state.step)
     rng_views, rng_mix_q, rng_mix_k = jax.random.split(rng, 3)
     labels = batch["primary_label"].astype(jnp.int32)
 

@@ -7,6 +7,7 @@ data iterator together), so a killed run continues with the batches it would hav
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import signal
@@ -135,6 +136,26 @@ def _write_pairs(config, writer, workdir: epath.Path, step: int, variables, mode
     writer.write_images(step, {"train/pairs": image[None]})
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """The jitted step, called as `step(state, batch)`, with the run's base key bound.
+
+    The key (`PRNGKey(config.seed)`, replicated) is an input of the compiled program rather than
+    a constant in it, so runs that differ only in their seed compile the same program and a seed
+    sweep sharing a compilation cache compiles the step once. `lower` takes the same two
+    arguments; the program it lowers (and its compiled form) takes `base_key` third.
+    """
+
+    jitted: Any
+    base_key: jax.Array
+
+    def __call__(self, state: Any, batch: dict[str, jax.Array]) -> tuple[Any, Any]:
+        return self.jitted(state, batch, self.base_key)
+
+    def lower(self, state: Any, batch: dict[str, jax.Array]) -> Any:
+        return self.jitted.lower(state, batch, self.base_key)
+
+
 def jit_train_step(
     config: ml_collections.ConfigDict,
     model: Any,
@@ -143,7 +164,7 @@ def jit_train_step(
     num_train: int,
     state_shardings: Any,
     mesh: jax.sharding.Mesh,
-) -> Any:
+) -> TrainStep:
     """`step.train_step` bound to its static arguments and jitted.
 
     The state is donated (updated in place) and keeps its layout; batches are sharded over the
@@ -157,12 +178,16 @@ def jit_train_step(
         log_prior=log_prior,
         num_train=num_train,
     )
-    return jax.jit(
+    replicated = sharding.replicated(mesh)
+    jitted = jax.jit(
         step_fn,
-        in_shardings=(state_shardings, sharding.data_sharding(mesh)),
+        in_shardings=(state_shardings, sharding.data_sharding(mesh), replicated),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
     )
+    key = np.asarray(jax.random.PRNGKey(config.seed))
+    base_key = jax.make_array_from_callback(key.shape, replicated, lambda index: key[index])
+    return TrainStep(jitted, base_key)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool:

@@ -138,3 +138,15 @@ def test_misspelt_override_stops_the_suite_before_any_run(tmp_path):
     with pytest.raises(SystemExit, match="config.optim.lrr: config.optim has no field 'lrr'"):
         experiments.main(args)
     assert not (tmp_path / "suite").exists()
+
+
+def test_suite_runs_share_one_compilation_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPMIX_COMPILE_CACHE", raising=False)
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    assert experiments.suite_environment(tmp_path)["SPMIX_COMPILE_CACHE"] == str(
+        tmp_path / "compile_cache"
+    )
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/jax/own")
+    assert "SPMIX_COMPILE_CACHE" not in experiments.suite_environment(tmp_path)
+    monkeypatch.setenv("SPMIX_COMPILE_CACHE", "/shared")
+    assert experiments.suite_environment(tmp_path)["SPMIX_COMPILE_CACHE"] == "/shared"

@@ -663,3 +663,28 @@ def test_train_metrics_merge_under_jit():
     assert values["learning_rate"] == pytest.approx(float(steps[-1]["learning_rate"]), rel=1e-6)
     assert values["grad_norm"] == pytest.approx(np.mean([s["grad_norm"] for s in steps]), rel=1e-6)
     assert set(values) == {"loss", "accuracy", "mix_ratio_mean", "learning_rate", "grad_norm"}
+
+
+def test_seed_is_an_input_of_the_compiled_step_not_a_constant(default):
+    """Runs that differ only in seed lower to one program, and the key still decides the step."""
+    h = default["h"]
+    seed = h.config.seed + 1
+    other = train.jit_train_step(
+        tiny_config(seed=seed),
+        h.model,
+        h.tx,
+        h.log_prior,
+        h.config.data.synthetic.num_train,
+        h.shardings,
+        h.mesh,
+    )
+    state = h.put_state(default["hosts"][0])
+    batch = sharding.global_batch(default["batches"][0], h.mesh)
+    assert other.lower(state, batch).as_text() == h.train_step.lower(state, batch).as_text()
+    np.testing.assert_array_equal(np.asarray(other.base_key), np.asarray(jax.random.PRNGKey(seed)))
+    # The first step again through the same executable: with the run's own key it repeats the
+    # fixture's step exactly; with the other seed's key it is another step.
+    _, same = h.train_step(state, batch)
+    _, moved = h.train_step.jitted(h.put_state(default["hosts"][0]), batch, other.base_key)
+    assert step_lib.metrics_to_host(same)["loss"] == default["metrics"][0]["loss"]
+    assert step_lib.metrics_to_host(moved)["loss"] != default["metrics"][0]["loss"]
