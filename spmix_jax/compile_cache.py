@@ -11,6 +11,7 @@ JAX's own `$JAX_COMPILATION_CACHE_DIR`), else `compile_cache/` in the workdir, n
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import jax
 from absl import logging
@@ -22,13 +23,17 @@ FOLDER = "compile_cache"
 _bound: str | None = None  # the folder this process last pointed the cache at
 
 
+def shared_folder(environ: Mapping[str, str] = os.environ) -> str:
+    """The cache `environ` names for every run ($SPMIX_COMPILE_CACHE, else the one the user
+    already gave JAX itself), or '' when it names none."""
+    return environ.get(ENV_VAR) or environ.get("JAX_COMPILATION_CACHE_DIR") or ""
+
+
 def resolve(setting: str, workdir: str) -> str:
     """The cache folder `train.compile_cache` = `setting` names for `workdir` ('' = off)."""
     if setting != AUTO:
         return setting
-    # A cache the user already gave JAX itself is kept.
-    shared = os.environ.get(ENV_VAR) or os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    return shared or os.path.join(workdir, FOLDER)
+    return shared_folder() or os.path.join(workdir, FOLDER)
 
 
 def enable(setting: str, workdir: str) -> str:

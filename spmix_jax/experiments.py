@@ -302,7 +302,7 @@ def suite_environment(out: pathlib.Path) -> dict[str, str]:
     from spmix_jax import compile_cache  # imports jax: only when runs are launched
 
     env = dict(os.environ)
-    if not (env.get(compile_cache.ENV_VAR) or env.get("JAX_COMPILATION_CACHE_DIR")):
+    if not compile_cache.shared_folder(env):
         env[compile_cache.ENV_VAR] = str(out / compile_cache.FOLDER)
     return env
 
