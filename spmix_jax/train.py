@@ -136,7 +136,7 @@ def _write_pairs(config, writer, workdir: epath.Path, step: int, variables, mode
     writer.write_images(step, {"train/pairs": image[None]})
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # compared and hashed by identity
 class TrainStep:
     """The jitted step, called as `step(state, batch)`, with the run's base key bound.
 
