@@ -164,12 +164,20 @@ def make_views(
         if frame_maps
         else {"with_geometry": True}
     )
+    query_keys, key_keys = (
+        jnp.concatenate([keys[f"primary_{kind}"], keys[f"secondary_{kind}"]]) for kind in "qk"
+    )
+    rendered = augment.query_and_key_views(
+        query_keys,
+        key_keys,
+        images,
+        out_size=out_size,
+        settings=settings,
+        boxes=boxes,
+        **carry,
+    )
     views = {}
-    for kind, make in (("q", augment.query_view), ("k", augment.key_view)):
-        example_keys = jnp.concatenate([keys[f"primary_{kind}"], keys[f"secondary_{kind}"]])
-        unit, normalised, carried = make(
-            example_keys, images, out_size=out_size, settings=settings, boxes=boxes, **carry
-        )
+    for kind, (unit, normalised, carried) in zip("qk", rendered, strict=True):
         parts = [_halves(x) for x in (normalised, unit, carried)]
         for who in ("primary", "secondary"):
             normalised_w, unit_w, carried_w = (p[who] for p in parts)

@@ -791,6 +791,39 @@ def test_batched_key_view_equals_the_per_image_view(batch_uint8, settings, batch
     assert 0 < blurred < batch  # both branches of the random blur are exercised
 
 
+@pytest.mark.parametrize("carry", ["geometry", "maps"])
+def test_query_and_key_views_in_one_call_equal_the_separate_calls(batch_uint8, settings, carry):
+    """The step's one call for both views (parameters drawn together, `sample_paired_params`)
+    gives exactly the arrays of `query_view` and `key_view` called apart, inside padded-frame
+    boxes and with each frame's map carried through its warp."""
+    rng_q, rng_k = jax.random.split(jax.random.key(11))
+    boxes = jnp.array([[0, 0, 48, 48], [4, 0, 40, 48], [0, 6, 48, 36], [2, 3, 44, 40]] * 2)
+    maps = jax.random.uniform(jax.random.key(12), (8, 48, 48))
+    extra = {"maps": maps, "map_fill": 0.25} if carry == "maps" else {"with_geometry": True}
+    kw = dict(out_size=32, settings=settings, boxes=boxes, **extra)
+    query, key = jax.jit(functools.partial(views.query_and_key_views, **kw))(
+        rng_q, rng_k, batch_uint8
+    )
+    want_q = jax.jit(functools.partial(views.query_view, **kw))(rng_q, batch_uint8)
+    want_k = jax.jit(functools.partial(views.key_view, **kw))(rng_k, batch_uint8)
+    assert len(query) == len(want_q) == len(key) == len(want_k) == 3
+    for got, want in zip((*query, *key), (*want_q, *want_k), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # The paired parameters are those of the per-view draws, field by field.
+    keys_q = jax.random.split(rng_q, 8)
+    keys_k = jax.random.split(rng_k, 8)
+    qp, kp = views.sample_paired_params(keys_q, keys_k, 48, 48, settings, boxes)
+    for got, sample, keys in (
+        (qp, views.sample_query_params, keys_q),
+        (kp, views.sample_key_params, keys_k),
+    ):
+        want = jax.vmap(functools.partial(sample, height=48, width=48, settings=settings))(
+            keys, box=boxes
+        )
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
 def test_views_deterministic_per_key_and_different_across_examples(batch_uint8, jitted_views):
     same = np.repeat(batch_uint8[:1], 8, axis=0)  # one image eight times
     for fn in jitted_views:

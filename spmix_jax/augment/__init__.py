@@ -56,6 +56,7 @@ from spmix_jax.augment.views import (
     example_keys,
     key_view,
     normalize,
+    query_and_key_views,
     query_view,
 )
 
@@ -67,6 +68,7 @@ __all__ = [
     "geometry",
     "key_view",
     "normalize",
+    "query_and_key_views",
     "query_view",
     "randaugment",
     "views",

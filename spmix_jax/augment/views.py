@@ -174,15 +174,9 @@ def sample_query_params(
     key: jax.Array, height: int, width: int, settings: ViewSettings, box: jax.Array | None = None
 ) -> QueryParams:
     """Draws one image's query-view parameters (the crop inside `box`, if given)."""
-    u = jax.random.uniform(key, (_COMMON_U + 4 * settings.ra_n,), jnp.float32)
-    crop, flip, factors, order = _crop_flip_jitter(u, height, width, settings, box)
-    ra_u = u[_COMMON_U:].reshape(settings.ra_n, 4)
+    u = jax.random.uniform(key, (_query_uniforms(settings),), jnp.float32)
     return QueryParams(
-        crop=crop,
-        flip=flip,
-        jitter=factors,
-        jitter_order=order,
-        randaugment=randaugment.randaugment_from_uniforms(ra_u, settings.ra_m, settings.ra_mstd),
+        *_crop_flip_jitter(u, height, width, settings, box), _randaugment_draw(u, settings)
     )
 
 
@@ -190,18 +184,80 @@ def sample_key_params(
     key: jax.Array, height: int, width: int, settings: ViewSettings, box: jax.Array | None = None
 ) -> KeyParams:
     """Draws one image's key-view parameters (the crop inside `box`, if given)."""
-    u = jax.random.uniform(key, (_COMMON_U + 3,), jnp.float32)
-    crop, flip, factors, order = _crop_flip_jitter(u, height, width, settings, box)
+    u = jax.random.uniform(key, (_KEY_UNIFORMS,), jnp.float32)
+    return KeyParams(*_crop_flip_jitter(u, height, width, settings, box), *_key_extras(u, settings))
+
+
+def _query_uniforms(settings: ViewSettings) -> int:
+    """How many uniforms a query view draws: the common block, then 4 per RandAugment op."""
+    return _COMMON_U + 4 * settings.ra_n
+
+
+_KEY_UNIFORMS = _COMMON_U + 3  # the common block, then grayscale, blur and sigma
+
+
+def _randaugment_draw(u: jax.Array, settings: ViewSettings) -> RandAugmentDraw:
+    """A query view's RandAugment choices from its uniforms after the common block."""
+    ra_u = u[_COMMON_U : _query_uniforms(settings)].reshape(settings.ra_n, 4)
+    return randaugment.randaugment_from_uniforms(ra_u, settings.ra_m, settings.ra_mstd)
+
+
+def _key_extras(u: jax.Array, settings: ViewSettings) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A key view's grayscale and blur switches and blur sigma, after the common block."""
     lo, hi = settings.blur_sigma
-    return KeyParams(
-        crop=crop,
-        flip=flip,
-        jitter=factors,
-        jitter_order=order,
-        gray=u[_COMMON_U] < settings.gray_p,
-        blur=u[_COMMON_U + 1] < settings.blur_p,
-        sigma=lo + u[_COMMON_U + 2] * (hi - lo),
+    return (
+        u[_COMMON_U] < settings.gray_p,
+        u[_COMMON_U + 1] < settings.blur_p,
+        lo + u[_COMMON_U + 2] * (hi - lo),
     )
+
+
+def sample_paired_params(
+    query_keys: jax.Array,
+    key_keys: jax.Array,
+    height: int,
+    width: int,
+    settings: ViewSettings,
+    boxes: jax.Array | None = None,
+) -> tuple[QueryParams, KeyParams]:
+    """Both views' parameters of a batch, the query's from `query_keys` and the key's from
+    `key_keys` (one typed key per example each): the same values as `sample_query_params` and
+    `sample_key_params` vmapped over them.
+
+    The two views share their first `_COMMON_U` uniforms' meaning (crop, flip, jitter), so one
+    block per example, as long as the longer view needs, is drawn for all 2B examples and the
+    common part is computed once: the step compiles one copy of that program instead of two.
+    A uniform's value does not depend on how many are drawn with it (partitionable threefry,
+    JAX's default), so the values are those of the separate draws.
+    """
+    m = query_keys.shape[0]
+    length = max(_query_uniforms(settings), _KEY_UNIFORMS)
+    keys = jnp.concatenate([query_keys, key_keys])
+    u = jax.vmap(lambda k: jax.random.uniform(k, (length,), jnp.float32))(keys)
+    if boxes is None:
+        common = jax.vmap(lambda uu: _crop_flip_jitter(uu, height, width, settings))(u)
+    else:
+        both = jnp.concatenate([boxes, boxes])
+        common = jax.vmap(lambda uu, b: _crop_flip_jitter(uu, height, width, settings, b))(u, both)
+    crop, flip, jitter, order = common
+    gray, blur, sigma = jax.vmap(lambda uu: _key_extras(uu, settings))(u[m:])
+    query = QueryParams(
+        crop=crop[:m],
+        flip=flip[:m],
+        jitter=jitter[:m],
+        jitter_order=order[:m],
+        randaugment=jax.vmap(lambda uu: _randaugment_draw(uu, settings))(u[:m]),
+    )
+    key = KeyParams(
+        crop=crop[m:],
+        flip=flip[m:],
+        jitter=jitter[m:],
+        jitter_order=order[m:],
+        gray=gray,
+        blur=blur,
+        sigma=sigma,
+    )
+    return query, key
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,13 +497,38 @@ def _random_views(
     out_size = _check_out_size(out_size)
     b, h, w, _ = x.shape
     keys = example_keys(rng, b)
+    boxes = _check_boxes(boxes, b)
     if boxes is None:
         params = jax.vmap(lambda k: sample(k, h, w, settings))(keys)
     else:
-        boxes = jnp.asarray(boxes, jnp.int32)
-        if boxes.shape != (b, 4):
-            raise ValueError(f"boxes must have shape ({b}, 4), got {boxes.shape}")
         params = jax.vmap(lambda k, box: sample(k, h, w, settings, box))(keys, boxes)
+    return _render_views(
+        x, params, out_size, settings, render, with_geometry, finish, maps, map_fill
+    )
+
+
+def _check_boxes(boxes: jax.Array | None, batch: int) -> jax.Array | None:
+    if boxes is None:
+        return None
+    boxes = jnp.asarray(boxes, jnp.int32)
+    if boxes.shape != (batch, 4):
+        raise ValueError(f"boxes must have shape ({batch}, 4), got {boxes.shape}")
+    return boxes
+
+
+def _render_views(
+    x: jax.Array,
+    params: Any,
+    out_size: int,
+    settings: ViewSettings,
+    render: Callable[..., Any],
+    with_geometry: bool,
+    finish: Callable[[jax.Array, Any], jax.Array] | None,
+    maps: jax.Array | None,
+    map_fill: float,
+) -> tuple[jax.Array, ...]:
+    """`_random_views` after the parameters are drawn: render, finish, normalise."""
+    b, h, w, _ = x.shape
     if maps is None:
         rendered = jax.vmap(lambda im, p: render(im, p, out_size, with_geometry=with_geometry))(
             x, params
@@ -517,7 +598,6 @@ def key_view(
     `with_geometry`, `boxes` and `maps` as in `query_view`; a key view brings in no fill, so
     `map_fill` (accepted so that both views take the same arguments) is never used.
     """
-    radius = colour.blur_radius(settings.blur_sigma[1])
     return _random_views(
         rng,
         images_uint8,
@@ -527,10 +607,65 @@ def key_view(
         _key_unblurred_view,
         with_geometry,
         boxes,
-        finish=functools.partial(blur_batch, radius=radius),
+        finish=_key_blur_stage(settings),
         maps=maps,
         map_fill=map_fill,
     )
+
+
+def _key_blur_stage(settings: ViewSettings) -> Callable[[jax.Array, Any], jax.Array]:
+    """The key view's batch-level last stage: its random blur, with a static radius."""
+    return functools.partial(blur_batch, radius=colour.blur_radius(settings.blur_sigma[1]))
+
+
+def query_and_key_views(
+    query_rng: jax.Array,
+    key_rng: jax.Array,
+    images_uint8: jax.Array,
+    *,
+    out_size: int,
+    settings: ViewSettings,
+    with_geometry: bool = False,
+    boxes: jax.Array | None = None,
+    maps: jax.Array | None = None,
+    map_fill: float = 0.0,
+) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+    """`query_view(query_rng, ...)` and `key_view(key_rng, ...)` of the same batch, as one call.
+
+    The same arrays as the two calls; the parameters of both views are drawn together
+    (`sample_paired_params`), which keeps the compiled program smaller. The training step makes
+    its views with this.
+    """
+    x = _check_images(images_uint8)
+    out_size = _check_out_size(out_size)
+    b, h, w, _ = x.shape
+    boxes = _check_boxes(boxes, b)
+    query_params, key_params = sample_paired_params(
+        example_keys(query_rng, b), example_keys(key_rng, b), h, w, settings, boxes
+    )
+    query = _render_views(
+        x,
+        query_params,
+        out_size,
+        settings,
+        query_view_from_params,
+        with_geometry,
+        None,
+        maps,
+        map_fill,
+    )
+    key = _render_views(
+        x,
+        key_params,
+        out_size,
+        settings,
+        _key_unblurred_view,
+        with_geometry,
+        _key_blur_stage(settings),
+        maps,
+        map_fill,
+    )
+    return query, key
 
 
 def eval_view(images_uint8: jax.Array, *, out_size: int, settings: ViewSettings) -> jax.Array:
