@@ -74,8 +74,20 @@ def _is_constant(x: jax.Array) -> jax.Array:
 
 
 def _pad_reflect101(x: jax.Array, width: int) -> jax.Array:
-    """Pad the last two axes like OpenCV's BORDER_DEFAULT (gfedcb|abcdefgh|gfedcba)."""
-    return jnp.pad(x, ((0, 0), (width, width), (width, width)), mode="reflect")
+    """Pad the last two axes like OpenCV's BORDER_DEFAULT (gfedcb|abcdefgh|gfedcba).
+
+    One gather at precomputed indices: `jnp.pad(mode="reflect")` compiles to a chain of
+    concatenations, several kernels per pad.
+    """
+    return _pad_by_index(x, width, "reflect")
+
+
+def _pad_by_index(x: jax.Array, width: int, mode: str) -> jax.Array:
+    """`jnp.pad` of the last two axes by `width` in `mode` ("reflect" or "edge"), as one gather."""
+    h, w = x.shape[-2:]
+    rows = np.pad(np.arange(h), width, mode=mode)
+    cols = np.pad(np.arange(w), width, mode=mode)
+    return x[..., rows[:, None], cols[None, :]]
 
 
 def _separable_filter(x: jax.Array, taps: np.ndarray) -> jax.Array:
@@ -140,20 +152,23 @@ def _integral_float32(img: jax.Array) -> jax.Array:
     row-by-row float32 accumulation with a scan over the rows.
     """
     b, h, w = img.shape
-    row_sums = jnp.cumsum(img, axis=2)  # exact int32: at most 255 * W per row
     if 255 * h * w < 2**24:
-        integral = jnp.cumsum(row_sums, axis=1).astype(jnp.float32)
-    else:
+        # Both running sums as products with triangular 0/1 matrices: every partial sum is an
+        # integer below 2**24, exact in float32 in any order, and two matrix products compile
+        # to two kernels where integer cumsums compile to four each.
+        upper = jnp.asarray(np.triu(np.ones((w, w), np.float32)))
+        lower = jnp.asarray(np.tril(np.ones((h, h), np.float32)))
+        row_sums_f = jnp.einsum("bhv,vw->bhw", img.astype(jnp.float32), upper, precision=_HIGHEST)
+        integral = jnp.einsum("gh,bhw->bgw", lower, row_sums_f, precision=_HIGHEST)
+        return jnp.pad(integral, ((0, 0), (1, 0), (1, 0)))
+    row_sums = jnp.cumsum(img, axis=2)  # exact int32: at most 255 * W per row
 
-        def add_row(above: jax.Array, row: jax.Array) -> tuple[jax.Array, jax.Array]:
-            below = above + row.astype(jnp.float32)
-            return below, below
+    def add_row(above: jax.Array, row: jax.Array) -> tuple[jax.Array, jax.Array]:
+        below = above + row.astype(jnp.float32)
+        return below, below
 
-        _, rows = jax.lax.scan(
-            add_row, jnp.zeros((b, w), jnp.float32), jnp.moveaxis(row_sums, 1, 0)
-        )
-        integral = jnp.moveaxis(rows, 0, 1)
-    return jnp.pad(integral, ((0, 0), (1, 0), (1, 0)))
+    _, rows = jax.lax.scan(add_row, jnp.zeros((b, w), jnp.float32), jnp.moveaxis(row_sums, 1, 0))
+    return jnp.pad(jnp.moveaxis(rows, 0, 1), ((0, 0), (1, 0), (1, 0)))
 
 
 def _rescale_to_255(summed: jax.Array) -> jax.Array:
@@ -188,29 +203,32 @@ def fine_grained(gray: jax.Array) -> jax.Array:
     # Integral-image corners are read at indices clipped to the integral image (one larger than
     # img): edge-padding it by the widest half-width once turns every clipped read into a slice.
     m = max(_FG_HALF_WIDTHS)
-    padded = jnp.pad(_integral_float32(img), ((0, 0), (m, m), (m, m)), mode="edge")
-    centre_f = img.astype(jnp.float32)
+    padded = _pad_by_index(_integral_float32(img), m, "edge")
     rows, cols = np.arange(h), np.arange(w)
-    on_sum = jnp.zeros_like(img)
-    off_sum = jnp.zeros_like(img)
+    windows, others = [], []
     for n in _FG_HALF_WIDTHS:
         top, bottom = np.clip(rows - n + 1, 0, h), np.clip(rows + n + 1, 0, h)
         left, right = np.clip(cols - n + 1, 0, w), np.clip(cols + n + 1, 0, w)
         near, far = m - n + 1, m + n + 1  # padded offsets of the top / left and bottom / right
         at_top, at_bottom = padded[:, near : near + h], padded[:, far : far + h]
-        window = (
+        windows.append(
             at_bottom[:, :, far : far + w]
             + at_top[:, :, near : near + w]
             - at_bottom[:, :, near : near + w]
             - at_top[:, :, far : far + w]
         )
-        others = ((bottom - top)[:, None] * (right - left)[None, :] - 1).astype(np.float32)
-        # Full-shape, behind a barrier: XLA turns a division by a constant or by a broadcast into
-        # a multiplication by a rounded reciprocal, which changes the truncation in a few pixels.
-        others = jax.lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(others), img.shape))
-        surround = (window - centre_f) / others
-        on_sum = on_sum + jnp.floor(jnp.maximum(centre_f - surround, 0.0)).astype(jnp.int32)
-        off_sum = off_sum + jnp.floor(jnp.maximum(surround - centre_f, 0.0)).astype(jnp.int32)
+        others.append((bottom - top)[:, None] * (right - left)[None, :] - 1)
+    # All scales at once, (scales, B, H, W): one kernel for the six windows, one for their
+    # quotients and sums, where a loop over the scales compiles a kernel per scale.
+    window = jnp.stack(windows)
+    # Full-shape, behind a barrier: XLA turns a division by a constant or by a broadcast into
+    # a multiplication by a rounded reciprocal, which changes the truncation in a few pixels.
+    count = np.stack(others).astype(np.float32)[:, None]
+    count = jax.lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(count), window.shape))
+    centre_f = img.astype(jnp.float32)
+    surround = (window - centre_f) / count
+    on_sum = jnp.sum(jnp.floor(jnp.maximum(centre_f - surround, 0.0)).astype(jnp.int32), axis=0)
+    off_sum = jnp.sum(jnp.floor(jnp.maximum(surround - centre_f, 0.0)).astype(jnp.int32), axis=0)
 
     on = _rescale_to_255(on_sum)
     off = _rescale_to_255(off_sum)
