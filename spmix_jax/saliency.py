@@ -18,6 +18,7 @@ are exact zeros (finite), never NaN. Every map lies in [0, 1]; a constant image 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +83,7 @@ def _pad_reflect101(x: jax.Array, width: int) -> jax.Array:
     return _pad_by_index(x, width, "reflect")
 
 
-def _pad_by_index(x: jax.Array, width: int, mode: str) -> jax.Array:
+def _pad_by_index(x: jax.Array, width: int, mode: Literal["reflect", "edge"]) -> jax.Array:
     """`jnp.pad` of the last two axes by `width` in `mode` ("reflect" or "edge"), as one gather."""
     h, w = x.shape[-2:]
     rows = np.pad(np.arange(h), width, mode=mode)
