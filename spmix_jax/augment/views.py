@@ -342,7 +342,10 @@ def query_view_from_params(
         colour program instead of one for the view and one for the canvas.
         """
         img, canvas, warped = carry
-        canvas_turn, op, level, apply, geo, fill_here, fill_later = xs
+        canvas_turn, scalars, masks = xs
+        op, level = scalars[0].astype(jnp.int32), scalars[1]
+        apply, geo = scalars[2] > 0, scalars[3] > 0
+        fill_here, fill_later = masks[0], masks[1]
         img = jnp.where(fill_here[..., None] & ~canvas_turn, fill, img)
         # The view's statistics: before any geometric op the crop canvas is current; afterwards
         # the warped canvas minus what later geometric ops fill. The canvas reads its own.
@@ -357,8 +360,23 @@ def query_view_from_params(
         return (img, canvas, jnp.where(canvas_turn, warped | geo, warped)), None
 
     # A scan compiles the stage once, whatever n is; each stage runs twice (view, canvas).
-    per_stage = (ra.op, ra.level, ra.apply, geometric, outside, later_fill)
-    xs = (jnp.tile(jnp.array([False, True]), n), *(jnp.repeat(x, 2, axis=0) for x in per_stage))
+    # Each stage's scalars in one float array and its two masks in one boolean array (op ids
+    # and flags are exact in float32): two arrays to repeat and move rather than six.
+    scalars = jnp.stack(
+        [
+            ra.op.astype(jnp.float32),
+            ra.level,
+            ra.apply.astype(jnp.float32),
+            geometric.astype(jnp.float32),
+        ],
+        axis=1,
+    )
+    masks = jnp.stack([outside, later_fill], axis=1)
+    xs = (
+        jnp.tile(jnp.array([False, True]), n),
+        jnp.repeat(scalars, 2, axis=0),
+        jnp.repeat(masks, 2, axis=0),
+    )
     (img, _, _), _ = jax.lax.scan(half_stage, (img, canvas, jnp.bool_(False)), xs)
     return result(img)
 
