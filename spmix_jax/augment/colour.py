@@ -11,6 +11,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _GRAY = (0.299, 0.587, 0.114)  # PIL "L" conversion weights (ITU-R 601-2 luma)
 
@@ -129,7 +130,13 @@ def equalize_lut(img: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     last = 255 - jnp.argmax(occupied[:, ::-1], axis=1)
     last_count = jnp.take_along_axis(hist, last[:, None], axis=1)[:, 0]
     step = (hist.sum(axis=1) - last_count) // 255
-    below = jnp.cumsum(hist, axis=1) - hist
+    # Pixels below each level, as a product with a strictly triangular 0/1 matrix: counts stay
+    # below 2**24, exact in float32, and one matrix product compiles to one kernel where an
+    # integer cumsum compiles to several.
+    strictly_below = jnp.asarray(np.triu(np.ones((256, 256), np.float32), k=1))
+    below = jnp.dot(
+        hist.astype(jnp.float32), strictly_below, precision=jax.lax.Precision.HIGHEST
+    ).astype(jnp.int32)
     safe = jnp.maximum(step, 1)[:, None]
     lut = jnp.clip((step[:, None] // 2 + below) // safe, 0, 255)
     keep = (occupied.sum(axis=1) <= 1) | (step == 0)

@@ -332,8 +332,10 @@ def query_view_from_params(
     if not n:
         return result(img)
     # later_fill[k]: pixels that a geometric op after stage k fills.
-    from_k = jnp.cumsum(outside[::-1].astype(jnp.int32), axis=0)[::-1] > 0
-    later_fill = jnp.concatenate([from_k[1:], jnp.zeros_like(from_k[:1])])
+    later = [jnp.zeros_like(outside[0])]
+    for k in range(n - 1, 0, -1):
+        later.append(later[-1] | outside[k])
+    later_fill = jnp.stack(later[::-1])
 
     def half_stage(carry, xs):
         """Stage k's colour op on the view (`canvas_turn` False), then on the canvas (True).
