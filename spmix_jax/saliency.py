@@ -149,7 +149,7 @@ def _integral_float32(img: jax.Array) -> jax.Array:
 
     OpenCV adds each row's exact running sum to the (already rounded) entry above it in float32,
     so entries beyond 2**24 are rounded row by row. While 255 * H * W < 2**24 every entry is an
-    exact integer and a plain integer cumsum gives the same values; larger images repeat the
+    exact integer, so exact running sums give the same values; larger images repeat the
     row-by-row float32 accumulation with a scan over the rows.
     """
     b, h, w = img.shape

@@ -513,11 +513,9 @@ def _random_views(
     stay inside them); None: the whole image. `finish(views, params)`, if given, is a
     batch-level last stage before normalising.
     """
-    x = _check_images(images_uint8)
-    out_size = _check_out_size(out_size)
+    x, out_size, boxes = _checked_inputs(images_uint8, out_size, boxes)
     b, h, w, _ = x.shape
     keys = example_keys(rng, b)
-    boxes = _check_boxes(boxes, b)
     if boxes is None:
         params = jax.vmap(lambda k: sample(k, h, w, settings))(keys)
     else:
@@ -527,13 +525,19 @@ def _random_views(
     )
 
 
-def _check_boxes(boxes: jax.Array | None, batch: int) -> jax.Array | None:
+def _checked_inputs(
+    images_uint8: jax.Array, out_size: int, boxes: jax.Array | None
+) -> tuple[jax.Array, int, jax.Array | None]:
+    """The batch as float [0, 1], the output size and the (B, 4) int32 boxes, each checked."""
+    x = _check_images(images_uint8)
+    out_size = _check_out_size(out_size)
     if boxes is None:
-        return None
+        return x, out_size, None
+    b = x.shape[0]
     boxes = jnp.asarray(boxes, jnp.int32)
-    if boxes.shape != (batch, 4):
-        raise ValueError(f"boxes must have shape ({batch}, 4), got {boxes.shape}")
-    return boxes
+    if boxes.shape != (b, 4):
+        raise ValueError(f"boxes must have shape ({b}, 4), got {boxes.shape}")
+    return x, out_size, boxes
 
 
 def _render_views(
@@ -656,35 +660,22 @@ def query_and_key_views(
     (`sample_paired_params`), which keeps the compiled program smaller. The training step makes
     its views with this.
     """
-    x = _check_images(images_uint8)
-    out_size = _check_out_size(out_size)
+    x, out_size, boxes = _checked_inputs(images_uint8, out_size, boxes)
     b, h, w, _ = x.shape
-    boxes = _check_boxes(boxes, b)
     query_params, key_params = sample_paired_params(
         example_keys(query_rng, b), example_keys(key_rng, b), h, w, settings, boxes
     )
-    query = _render_views(
+    render = functools.partial(
+        _render_views,
         x,
-        query_params,
-        out_size,
-        settings,
-        query_view_from_params,
-        with_geometry,
-        None,
-        maps,
-        map_fill,
+        out_size=out_size,
+        settings=settings,
+        with_geometry=with_geometry,
+        maps=maps,
+        map_fill=map_fill,
     )
-    key = _render_views(
-        x,
-        key_params,
-        out_size,
-        settings,
-        _key_unblurred_view,
-        with_geometry,
-        _key_blur_stage(settings),
-        maps,
-        map_fill,
-    )
+    query = render(query_params, render=query_view_from_params, finish=None)
+    key = render(key_params, render=_key_unblurred_view, finish=_key_blur_stage(settings))
     return query, key
 
 
