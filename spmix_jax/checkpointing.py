@@ -15,10 +15,14 @@ item `run` (the config, command line, class names and training class counts; see
 
 from __future__ import annotations
 
+import asyncio.base_events
 import contextlib
 import errno
 import logging as std_logging
 import os
+import sys
+import threading
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -138,6 +142,34 @@ class _NoSpaceLogFilter(std_logging.Filter):
 
 for _logger in ("absl", "asyncio"):  # orbax's writer; tensorstore futures never awaited
     std_logging.getLogger(_logger).addFilter(_NoSpaceLogFilter())
+
+
+def _closed_loop_callback(error: BaseException | None, tb: Any, thread: threading.Thread) -> bool:
+    """True for the error tensorstore reports from its own threads when a write of an abandoned
+    save completes after orbax closed that save's event loop: nothing waits for the result, so
+    the traceback only says that the save was abandoned (after a full disk, one per file
+    written: hundreds of lines that raced with, and buried, the run's one message)."""
+    if thread is threading.main_thread() or not isinstance(error, RuntimeError):
+        return False
+    return str(error) == "Event loop is closed" and any(
+        frame.name == "call_soon_threadsafe" and frame.filename == asyncio.base_events.__file__
+        for frame in traceback.extract_tb(tb)
+    )
+
+
+def _quiet_abandoned_writes(previous: Callable[[Any], Any]) -> Callable[[Any], None]:
+    """`sys.unraisablehook` (which tensorstore's threads report through) without
+    `_closed_loop_callback`'s errors; every other error still prints."""
+
+    def hook(unraisable: Any) -> None:
+        error, tb = unraisable.exc_value, unraisable.exc_traceback
+        if not _closed_loop_callback(error, tb, threading.current_thread()):
+            previous(unraisable)
+
+    return hook
+
+
+sys.unraisablehook = _quiet_abandoned_writes(sys.unraisablehook)
 
 
 def complete_steps(directory: str | os.PathLike) -> list[int]:
