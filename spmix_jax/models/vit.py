@@ -116,6 +116,14 @@ class EncoderBlock(nn.Module):
         return x + y
 
 
+# Every block of a ViT, and the query and key encoders' blocks, run the same program on arrays
+# of the same shapes: jitted, a block is traced (and lowered) once per shape instead of once per
+# layer and encoder, which cuts the step's first compile (benchmarks/README.md). XLA inlines the
+# calls, so the compiled step computes the same values. `model.init` keeps the plain block: the
+# lifted jit would split the initialisers' random keys differently.
+_SharedBlock = nn.jit(EncoderBlock)
+
+
 class ViT(nn.Module):
     """ViT backbone with separate token embedding and encoding."""
 
@@ -164,8 +172,9 @@ class ViT(nn.Module):
         self.pos_embedding = self.param(
             "pos_embedding", scheme.pos_embedding, (1, self.grid**2 + 1, spec.width)
         )
+        block = EncoderBlock if self.is_initializing() else _SharedBlock
         self.blocks = [
-            EncoderBlock(
+            block(
                 spec.mlp_dim,
                 spec.num_heads,
                 dtype=self.dtype,
