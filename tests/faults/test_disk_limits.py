@@ -91,7 +91,8 @@ def test_file_size_limit_during_a_save_gives_one_message(tmp_path):
 
 
 def _report_from_a_thread(fail) -> list:
-    """What `hook` passes on of the error `fail` raises in a background thread."""
+    """The errors the quieted unraisable hook passes on when `fail` raises in a background
+    thread (empty when it leaves the error out)."""
     passed: list = []
     quiet = checkpointing._quiet_abandoned_writes(passed.append)
 
