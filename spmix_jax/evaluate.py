@@ -35,6 +35,7 @@ from spmix_jax import (
     result_files,
     run_config,
     sharding,
+    summaries,
 )
 from spmix_jax import state as state_lib
 from spmix_jax import step as step_lib
@@ -465,9 +466,7 @@ FINAL_SCALARS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "loss
 
 def _write_final_scalars(workdir: str, results: dict[str, dict[str, Any]]) -> None:
     """The final report in TensorBoard too: `final_<split>/<metric>` at the chosen step."""
-    from clu import metric_writers
-
-    writer = metric_writers.SummaryWriter(workdir)
+    writer = summaries.open_writer(workdir, asynchronous=False)
     for split_name, result in results.items():
         scalars = {
             f"final_{split_name}/{k}": result[k] for k in FINAL_SCALARS if result.get(k) is not None

@@ -21,7 +21,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
 from etils import epath
 from jax.experimental import multihost_utils
 from PIL import Image
@@ -35,6 +34,7 @@ from spmix_jax import (
     optimizer,
     run_config,
     sharding,
+    summaries,
     workdir_lock,
 )
 from spmix_jax import state as state_lib
@@ -134,6 +134,28 @@ def _write_pairs(config, writer, workdir: epath.Path, step: int, variables, mode
     with path.open("rb") as f:
         image = np.asarray(Image.open(f).convert("RGB"))
     writer.write_images(step, {"train/pairs": image[None]})
+
+
+class _ProfileWindow:
+    """A profiler trace of `steps` training steps from step `first` on, for TensorBoard."""
+
+    def __init__(self, first: int, steps: int, logdir: str):
+        self.first, self.last, self.logdir = first, first + steps - 1, logdir
+        self.active = False
+
+    def __call__(self, step: int) -> None:
+        """Called after `step` was dispatched: the trace covers steps first+1..last+1."""
+        if step == self.first and self.last >= self.first:
+            jax.profiler.start_trace(self.logdir)
+            self.active = True
+        elif self.active and step > self.last:
+            jax.profiler.stop_trace()
+            self.active = False
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # compared and hashed by identity
@@ -281,25 +303,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
 
     # --- Loop ---------------------------------------------------------------------------------
     # TensorBoard on the chief only; the console gets the progress lines printed below.
-    writer = metric_writers.MultiWriter(
-        [metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))] if is_chief else []
-    )
+    writer = summaries.open_writer(workdir, enabled=is_chief)
     if start == 0:
         writer.write_hparams(run_config.hparams(config))
     run = run_config.run_info(config, train_split.class_names, train_split.class_counts)
-    report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-    hooks: list[Any] = [report]
-    if is_chief and config.train.profile_steps > 0:
-        hooks.append(
-            periodic_actions.Profile(
-                num_profile_steps=config.train.profile_steps,
-                profile_duration_ms=None,
-                first_profile=start + min(10, max(1, num_steps - start - 1)),
-                every_steps=None,
-                every_secs=None,
-                logdir=workdir,
-            )
-        )
+    profile = _ProfileWindow(
+        first=start + min(10, max(1, num_steps - start - 1)),
+        steps=config.train.profile_steps if is_chief else 0,
+        logdir=workdir,
+    )
     stop_at = num_steps
     if config.train.max_steps_per_run > 0:
         stop_at = min(num_steps, start + config.train.max_steps_per_run)
@@ -324,8 +336,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
             jax.block_until_ready(state.step)
             t_last, step_last = time.time(), step
         acc = step_metrics if acc is None else acc.merge(step_metrics)
-        for hook in hooks:
-            hook(step)
+        profile(step)
         preempted = _preempted(step)
         is_last = step == stop_at or preempted
         do_eval = step % eval_every == 0 or step == num_steps
@@ -345,10 +356,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
                     "optim.grad_clip, or use model.dtype=float32)."
                 )
             values["data_wait_fraction"] = waited = data_wait.take()
-            writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
             now = time.time()
             timed = step - step_last
             rate = timed / max(now - t_last, 1e-9)  # since the last line
+            if timed:
+                values["steps_per_sec"] = rate
+            writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
             first_line = step_last == start + 1  # holds the workers' start-up
             t_last, step_last = now, step
             eta = (num_steps - step) / max(rate, 1e-9)
@@ -401,6 +414,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> bool
                 flush=True,
             )
             break
+    profile.close()
     writer.flush()
     checkpointing.wait(ckpt)  # a full disk stops here with a UserError, the last step kept
     checkpointing.wait(best_ckpt)
