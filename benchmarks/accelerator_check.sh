@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# One accelerator check in under 8 minutes: the input pipeline with all host cores, the SPMix step
-# side by side with plain JAX / PyTorch ViT steps (ViT-B/16, 224 px, bf16, batch 128), the phase
-# breakdown, and the demo config end to end. JSON results go to OUT_DIR.
+# One accelerator check in under 10 minutes: the input pipeline with all host cores (JPEG and raw
+# storage, from full-size 450 x 600 JPEGs), the SPMix step side by side with plain JAX / PyTorch
+# ViT steps (ViT-B/16, 224 px, bf16, batch 128), the demo config end to end and a short
+# `configs/ham10000.py:full` run (S/16) when a HAM10000 folder is at hand. The phase breakdown
+# (`step_breakdown`, several more minutes of compiles on a GPU) runs when ONLY names it.
+# JSON results and logs go to OUT_DIR.
 #
 #   benchmarks/accelerator_check.sh [OUT_DIR]        # default: accelerator_check_out
 #   DRY_RUN=1 benchmarks/accelerator_check.sh        # print the plan (JSON) and run nothing
 #   SMOKE=1 benchmarks/accelerator_check.sh /tmp/x   # everything at tiny sizes on the CPU
 #   benchmarks/accelerator_check.sh --cpu /tmp/x      # the same as SMOKE=1
+#   ONLY=compare_step,step_breakdown benchmarks/accelerator_check.sh   # just these steps
 #
 # Environment: PYTHON (default: python3), TORCH_PYTHON (a Python with torch for the PyTorch
-# baseline; default: PYTHON), DATA_DIR (a folder of JPEGs + labels.csv for the input pipeline;
-# default: $SPMIX_HAM10000_DIR, else synthetic 600x450 JPEGs are written to OUT_DIR), BATCH (128).
+# baseline; default: PYTHON), DATA_DIR (a HAM10000-style folder, images/ + labels.csv [+
+# metadata.csv]: the source of the upscaled JPEGs and of the short run; default:
+# $SPMIX_HAM10000_DIR, else synthetic 600x450 JPEGs are written to OUT_DIR and the short run is
+# left out), BATCH (128).
 # On a GPU the CUDA build of the installed jax version is installed when jax does not already see
 # the GPU (pip install "jax[cuda12]==<version>"); on a TPU VM "jax[tpu]==<version>".
 set -euo pipefail
@@ -41,25 +47,39 @@ if [[ "$SMOKE" == 1 ]]; then
   PIPE_ARGS=(--image_size 32 --batch 8 --batches 2 --workers "0,1" --parts_pairs 16)
   DEMO_CONFIG="configs/demo.py:steps=20"
   DEMO_OVERRIDES=(--config.train.eval_every=20 --config.train.checkpoint_every=20 --config.train.log_every=10)
+  SHORT_CONFIG="configs/ham10000.py:steps=4"
+  SHORT_OVERRIDES=(--config.train.log_every=2)
   SYNTH_JPEGS=64
-  LIMITS=(300 600 300 300)  # CPU compilation is slow; the 8-minute budget is for accelerators
+  LIMITS=(300 600 300 300 300)  # CPU compilation is slow; the 8-minute budget is for accelerators
 else
   BATCH=${BATCH:-128}
-  COMPARE_ARGS=(--variant B/16 --image_size 224 --batch "$BATCH" --dtype bfloat16 --steps 10
-    --rounds 5 --cases "spmix:fine_grained:ema,spmix:gradient:ema,plain_jax,plain_torch")
-  BREAKDOWN_ARGS=(--variant B/16 --image_size 224 --batch "$BATCH" --dtype bfloat16 --steps 5 --rounds 3)
-  PIPE_ARGS=(--image_size 224 --batch 128 --batches 8 --workers "0,$CORES" --parts_pairs 128)
+  # The default recipe's step (saliency once per stored frame, EMA key encoder).
+  COMPARE_ARGS=(--variant B/16 --image_size 224 --batch "$BATCH" --dtype bfloat16 --steps 5
+    --rounds 3 --cases "spmix:fine_grained@frame:ema,plain_jax,plain_torch")
+  BREAKDOWN_ARGS=(--variant B/16 --image_size 224 --batch "$BATCH" --dtype bfloat16 --steps 5 --rounds 2)
+  PIPE_ARGS=(--image_size 224 --batch 128 --batches 8 --workers "0,$CORES" --parts_pairs 128
+    --storages jpeg,raw)
   DEMO_CONFIG="configs/demo.py"
-  DEMO_OVERRIDES=()
-  SYNTH_JPEGS=2000
-  LIMITS=(60 230 60 100)
+  # With the demo's single-process loading a GPU step waits for data 3/4 of the time.
+  DEMO_OVERRIDES=(--config.input.worker_count=8)
+  SHORT_CONFIG="configs/ham10000.py:full,steps=150"
+  SHORT_OVERRIDES=()
+  SYNTH_JPEGS=256
+  # Seen on an H200: the S/16 SPMix step's first compile takes about 50 s, B/16's longer.
+  LIMITS=(80 230 110 140 300)
 fi
 
 DATA=${DATA_DIR:-${SPMIX_HAM10000_DIR:-}}
 if [[ -n "$DATA" && -f "$DATA/labels.csv" ]]; then
-  PIPE_DATA=(--data_dir "$DATA")
+  if [[ "$SMOKE" == 1 ]]; then
+    PIPE_DATA=(--data_dir "$DATA")
+  else  # HAM10000's full 450 x 600 size, upscaled from the folder's real images
+    PIPE_DATA=(--make_jpegs "$SYNTH_JPEGS" --upscale_from "$DATA" --data_dir "$OUT/jpegs")
+  fi
+  SHORT_RUN="$PY -m spmix_jax.main --config=$SHORT_CONFIG ${SHORT_OVERRIDES[*]} --config.data.source_dir=$DATA --config.data.data_dir=$OUT/data --workdir=$OUT/ham10000_workdir"
 else
   PIPE_DATA=(--make_jpegs "$SYNTH_JPEGS" --data_dir "$OUT/synthetic_jpegs")
+  SHORT_RUN="echo 'no HAM10000 folder (DATA_DIR / SPMIX_HAM10000_DIR): short run left out'"
 fi
 
 VERSION_CMD="import jax; print(jax.__version__)"
@@ -73,9 +93,27 @@ esac
 STEPS=(
   "input_pipeline|${LIMITS[0]}|$PY benchmarks/input_pipeline.py ${PIPE_DATA[*]} ${PIPE_ARGS[*]} --out $OUT/input_pipeline.json"
   "compare_step|${LIMITS[1]}|$PY benchmarks/compare_step.py ${COMPARE_ARGS[*]} --torch_python $TORCH_PY --input_pipeline_json $OUT/input_pipeline.json --out $OUT/compare_step.json"
-  "step_breakdown|${LIMITS[2]}|$PY benchmarks/step_breakdown.py ${BREAKDOWN_ARGS[*]} --out $OUT/step_breakdown.json"
-  "demo|${LIMITS[3]}|$PY -m spmix_jax.main --config=$DEMO_CONFIG ${DEMO_OVERRIDES[*]} --workdir=$OUT/demo_workdir"
+  "demo|${LIMITS[2]}|$PY -m spmix_jax.main --config=$DEMO_CONFIG ${DEMO_OVERRIDES[*]} --workdir=$OUT/demo_workdir"
+  "ham10000_short|${LIMITS[3]}|$SHORT_RUN"
+  "step_breakdown|${LIMITS[4]}|$PY benchmarks/step_breakdown.py ${BREAKDOWN_ARGS[*]} --out $OUT/step_breakdown.json"
 )
+
+if [[ -n "${ONLY:-}" ]]; then
+  WANTED=",$ONLY,"
+elif [[ "$SMOKE" == 1 ]]; then
+  WANTED=",input_pipeline,compare_step,demo,ham10000_short,step_breakdown,"
+else
+  WANTED=",input_pipeline,compare_step,demo,ham10000_short,"
+fi
+SELECTED=()
+for s in "${STEPS[@]}"; do
+  [[ "$WANTED" == *",${s%%|*},"* ]] && SELECTED+=("$s")
+done
+if [[ ${#SELECTED[@]} -eq 0 ]]; then
+  echo "ONLY=$ONLY names none of: input_pipeline compare_step demo ham10000_short step_breakdown" >&2
+  exit 2
+fi
+STEPS=("${SELECTED[@]}")
 
 if [[ "$DRY" == 1 ]]; then
   {
@@ -103,8 +141,8 @@ if [[ ${#INSTALL[@]} -gt 0 ]]; then
   fi
 fi
 "$PY" -c "import jax; print('jax', jax.__version__, 'backend', jax.default_backend(), jax.devices())" >&2
-# A run of the demo left from an earlier check would resume instead of training.
-rm -rf "$OUT/demo_workdir"
+# Runs left from an earlier check would resume instead of training.
+rm -rf "$OUT/demo_workdir" "$OUT/ham10000_workdir"
 STATUS=0
 for s in "${STEPS[@]}"; do
   IFS='|' read -r name limit cmd <<<"$s"

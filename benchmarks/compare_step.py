@@ -293,25 +293,39 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def host_comparison(path: str, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Host pairs/s per core (input_pipeline.py's JSON) against each SPMix case's pairs/s."""
+    """Host pairs/s per core (input_pipeline.py's JSON) against each SPMix case's pairs/s.
+
+    The JPEG folder's numbers first; with `--storages`, each built dataset's too (`storages`):
+    what the trainer reads, JPEG- or raw-stored.
+    """
     data = json.loads(pathlib.Path(path).read_text())
-    per_core = data["parts"]["pairs_per_s_one_core"]
-    best = max(data["throughput"], key=lambda t: t["pairs_per_s"])
-    out: dict[str, Any] = {
-        "input_pipeline_json": path,
-        "host_pairs_per_s_per_core": per_core,
-        "host_pairs_per_s_best_measured": best["pairs_per_s"],
-        "host_workers_best": best["workers"],
-        "host_cpus": data["machine"]["cpus_usable"],
-    }
-    for name, r in results.items():
-        if name.startswith("spmix"):
-            need = r["examples_per_s"] / per_core
-            out[name] = {
-                "step_pairs_per_s": r["examples_per_s"],
-                "host_cores_needed": round(need, 2),
-                "host_keeps_up": bool(need <= data["machine"]["cpus_usable"]),
-            }
+    cpus = data["machine"]["cpus_usable"]
+
+    def verdict(parts: dict[str, Any], throughput: list[dict[str, Any]]) -> dict[str, Any]:
+        per_core = parts["pairs_per_s_one_core"]
+        best = max(throughput, key=lambda t: t["pairs_per_s"])
+        out: dict[str, Any] = {
+            "host_pairs_per_s_per_core": per_core,
+            "host_pairs_per_s_best_measured": best["pairs_per_s"],
+            "host_workers_best": best["workers"],
+        }
+        for name, r in results.items():
+            if name.startswith("spmix"):
+                need = r["examples_per_s"] / per_core
+                out[name] = {
+                    "step_pairs_per_s": r["examples_per_s"],
+                    "host_cores_needed": round(need, 2),
+                    "host_keeps_up": bool(need <= cpus),
+                }
+        return out
+
+    out = {"input_pipeline_json": path, "host_cpus": cpus}
+    out.update(verdict(data["parts"], data["throughput"]))
+    if data.get("storages"):
+        out["storages"] = {
+            storage: verdict(built["parts"], built["throughput"])
+            for storage, built in data["storages"].items()
+        }
     return out
 
 
@@ -356,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     notes: dict[str, str] = {}
     for name in names:
         print(f"[compare_step] building {name}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
         if name == "plain_torch":
             built = plain_torch_case(args, threads)
             if isinstance(built, str):
@@ -367,6 +382,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cases.append(plain_jax_case(args, args.warmup))
         else:
             cases.append(spmix_case(name, args, args.warmup))
+        # Progress with timings as each case is ready: a run cut short still says where its
+        # time went (on a GPU the SPMix step's first compile can take minutes).
+        timing = {k: cases[-1].info[k] for k in ("lower_s", "compile_s") if k in cases[-1].info}
+        print(
+            f"[compare_step] built {name} in {time.perf_counter() - t0:.1f} s {timing}",
+            file=sys.stderr,
+            flush=True,
+        )
     for r in range(args.rounds):
         for case in cases:
             case.times.append(case.run(args.steps) / args.steps)

@@ -47,15 +47,17 @@ def test_accelerator_check_dry_run_prints_a_json_plan(tmp_path, smoke):
     plan = json.loads(proc.stdout)
     assert plan["smoke"] is (smoke == "1")
     names = [s["name"] for s in plan["steps"]]
-    assert names == ["input_pipeline", "compare_step", "step_breakdown", "demo"]
-    if smoke == "0":  # the accelerator run fits in 8 minutes
-        assert sum(s["timeout_s"] for s in plan["steps"]) <= 8 * 60
+    default = ["input_pipeline", "compare_step", "demo", "ham10000_short"]
+    assert names == default + (["step_breakdown"] if smoke == "1" else [])
+    if smoke == "0":  # the accelerator run fits in one 10-minute device command
+        assert sum(s["timeout_s"] for s in plan["steps"]) <= 10 * 60 - 30
     commands = " ".join(s["command"] for s in plan["steps"])
     assert "spmix_jax.main --config=configs/demo.py" in commands
     if smoke == "1":
         assert "--dry_run" in commands
     else:
         assert "--variant B/16" in commands and "--dtype bfloat16" in commands
+        assert "--storages jpeg,raw" in commands
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 
