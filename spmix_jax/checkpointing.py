@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio.base_events
 import contextlib
 import errno
+import inspect
 import logging as std_logging
 import os
 import sys
@@ -157,19 +158,40 @@ def _closed_loop_callback(error: BaseException | None, tb: Any, thread: threadin
     )
 
 
-def _quiet_abandoned_writes(previous: Callable[[Any], Any]) -> Callable[[Any], None]:
-    """`sys.unraisablehook` (which tensorstore's threads report through) without
-    `_closed_loop_callback`'s errors; every other error still prints."""
+_ORBAX_DIR = os.path.dirname(ocp.__file__)
+
+
+def _abandoned_read(error: BaseException | None, obj: Any) -> bool:
+    """True for a shard read that orbax left pending when a restore failed (a checkpoint that
+    does not fit the config, say): the read's coroutine is closed when it is garbage-collected,
+    and orbax turns that `GeneratorExit` into "Encountered error while reading array index" with
+    the whole TensorStore spec, some 60 lines for each array of the state, after the one message
+    that already said why the restore failed."""
+    return (
+        inspect.iscoroutine(obj)
+        and obj.cr_code.co_filename.startswith(_ORBAX_DIR)
+        and isinstance(error, Exception)
+        and isinstance(error.__cause__, GeneratorExit)
+    )
+
+
+def _quiet_abandoned_io(previous: Callable[[Any], Any]) -> Callable[[Any], None]:
+    """`sys.unraisablehook` (which tensorstore's threads and garbage-collected coroutines report
+    through) without the errors of saves and restores already given up on
+    (`_closed_loop_callback`, `_abandoned_read`); every other error still prints."""
 
     def hook(unraisable: Any) -> None:
         error, tb = unraisable.exc_value, unraisable.exc_traceback
-        if not _closed_loop_callback(error, tb, threading.current_thread()):
-            previous(unraisable)
+        if _closed_loop_callback(error, tb, threading.current_thread()):
+            return
+        if _abandoned_read(error, getattr(unraisable, "object", None)):
+            return
+        previous(unraisable)
 
     return hook
 
 
-sys.unraisablehook = _quiet_abandoned_writes(sys.unraisablehook)
+sys.unraisablehook = _quiet_abandoned_io(sys.unraisablehook)
 
 
 def complete_steps(directory: str | os.PathLike) -> list[int]:

@@ -94,7 +94,7 @@ def _report_from_a_thread(fail) -> list:
     """The errors the quieted unraisable hook passes on when `fail` raises in a background
     thread (empty when it leaves the error out)."""
     passed: list = []
-    quiet = checkpointing._quiet_abandoned_writes(passed.append)
+    quiet = checkpointing._quiet_abandoned_io(passed.append)
 
     def run() -> None:
         try:
@@ -122,7 +122,7 @@ def test_callbacks_into_a_closed_event_loop_are_not_reported():
     try:  # the main thread's errors always show
         loop.call_soon_threadsafe(print)
     except RuntimeError as error:
-        checkpointing._quiet_abandoned_writes(passed.append)(
+        checkpointing._quiet_abandoned_io(passed.append)(
             types.SimpleNamespace(exc_value=error, exc_traceback=error.__traceback__)
         )
     assert len(passed) == 1

@@ -5,6 +5,7 @@ that a spreadsheet would run as formulas. One short run is trained once and copi
 import csv
 import pathlib
 import shutil
+import subprocess
 
 import pytest
 
@@ -42,6 +43,26 @@ def trained(tmp_path_factory):
 
 def _copy(trained, tmp_path) -> pathlib.Path:
     return pathlib.Path(shutil.copytree(trained / "run", tmp_path / "run"))
+
+
+def test_resume_with_another_model_gives_one_message(trained, tmp_path):
+    """Today: the message, then 800-5,000 lines of orbax read errors, about 60 for each array
+    of the state, as the failed restore's pending reads are garbage-collected."""
+    workdir = _copy(trained, tmp_path)
+    proc = subprocess.run(
+        [helpers.python(), "-m", "spmix_jax.main", "--config=configs/tiny.py:steps=6",
+         f"--workdir={workdir}", "--config.data.name=folder_csv",
+         f"--config.data.data_dir={trained / 'tfds'}", "--config.data.eval_split=train",
+         "--config.data.test_split=", "--config.model.image_size=24"],
+        capture_output=True, text=True, env=helpers.subprocess_env(), timeout=600,
+        cwd=helpers.REPO,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "does not fit the config" in errors[0], proc.stderr[-3000:]
+    assert "model.image_size=16; you asked for 24" in proc.stderr
+    assert len(proc.stderr.splitlines()) < 10
 
 
 def test_resume_with_the_classes_in_another_order_is_refused(trained, tmp_path):
