@@ -237,10 +237,14 @@ def sum_over_leaves(tree: Any, fn: Callable[[jax.Array], jax.Array] | None = Non
     """The sum of `fn(leaf)` over every element of every leaf, as one reduction.
 
     The leaves are concatenated first (the state is replicated, so this stays on each device):
-    XLA compiles a reduction per leaf shape otherwise. Non-finite anywhere gives non-finite.
+    XLA compiles a reduction per leaf shape otherwise. Its simplifier turns a sum over a
+    concatenation back into one sum per leaf plus a chain of scalar additions, which it then
+    copies into every consumer of the result; the optimisation barrier keeps the concatenation.
+    Non-finite anywhere gives non-finite.
     """
     leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
-    return jnp.sum(jnp.concatenate([(x if fn is None else fn(x)).ravel() for x in leaves]))
+    flat = jnp.concatenate([(x if fn is None else fn(x)).ravel() for x in leaves])
+    return jnp.sum(jax.lax.optimization_barrier(flat))
 
 
 def train_step(
