@@ -10,9 +10,14 @@ in one process, one after the other, so load from other processes weighs on all 
 whole and the plain step are compiled `--rounds` times in alternation and their medians compared.
 With `--fresh_processes` each of those compiles runs in a new Python process of its own, as a
 user's first start does (nothing compiled before it in the process); the phases are then skipped.
+`--against DIR` adds, in that rotation, the whole step of the `spmix_jax` checkout in DIR (another
+revision, e.g. `git worktree add DIR HEAD~1`), so a change's effect is measured in one window.
+Every row also gives `cpu_s`, the CPU time of lowering and compiling summed over threads.
 
     python benchmarks/compile_breakdown.py --variant S/16 --image_size 224 --batch 8 --out c.json
     python benchmarks/compile_breakdown.py --variant S/16 --rounds 5 --fresh_processes
+    python benchmarks/compile_breakdown.py --variant S/16 --rounds 5 --fresh_processes \
+        --against ../spmix_jax_previous
     python benchmarks/compile_breakdown.py --dry_run
 """
 
@@ -44,14 +49,22 @@ from spmix_jax import step as step_lib  # noqa: E402
 
 
 def _aot(fn: Callable[..., Any], *args: Any) -> dict[str, float]:
-    """Seconds to trace + lower, and to compile, `fn` (a jitted function) at `args`."""
+    """Seconds to trace + lower, and to compile, `fn` (a jitted function) at `args`.
+
+    `cpu_s` is the CPU time of both, summed over the process' threads: on a shared machine it
+    moves less than the wall-clock seconds when other work takes the cores away.
+    """
     jax.clear_caches()  # the pieces ran once to make the next one's inputs: compile afresh
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     lowered = fn.lower(*args)
     t1 = time.perf_counter()
     lowered.compile()
-    t2 = time.perf_counter()
-    return {"lower_s": round(t1 - t0, 3), "compile_s": round(t2 - t1, 3)}
+    c2, t2 = time.process_time(), time.perf_counter()
+    return {
+        "lower_s": round(t1 - t0, 3),
+        "compile_s": round(t2 - t1, 3),
+        "cpu_s": round(c2 - c0, 3),
+    }
 
 
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -70,19 +83,42 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--fresh_processes", action="store_true")
     p.add_argument("--only", choices=STEPS, default="", help="compile this step once, alone")
+    p.add_argument(
+        "--against",
+        default="",
+        help="with --fresh_processes: also compile the whole step of the spmix_jax checkout in "
+        "this folder (another revision), alternating with this one's",
+    )
     own, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     return own, rest
 
 
-def _in_fresh_process(name: str, argv: list[str]) -> dict[str, float]:
-    """`name` compiled once in a new Python process running this script with `--only`."""
+def _in_fresh_process(name: str, argv: list[str], package_root: str = "") -> dict[str, float]:
+    """`name` compiled once in a new Python process running this script with `--only`.
+
+    `package_root`, a checkout of another revision, is put first on the new process' path, so
+    that it imports that revision's `spmix_jax` (this script and `bench_common` stay this one's).
+    """
+    env = None
+    if package_root:
+        path = os.environ.get("PYTHONPATH", "")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, path) if p)}
     done = subprocess.run(
         [sys.executable, __file__, *argv, "--only", name],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     return json.loads(done.stdout)["compile"][name]
+
+
+def _revision(folder: str) -> str:
+    """The git commit checked out in `folder`, or '' where it is not a git checkout."""
+    done = subprocess.run(
+        ["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -92,6 +128,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {"benchmark": "compile_breakdown", **bc.environment()}
     report["settings"] = {k: v for k, v in vars(args).items() if k != "out"}
     report["settings"]["fresh_processes"] = own.fresh_processes
+    if own.against:
+        if not own.fresh_processes:
+            raise SystemExit("--against compiles another revision's step: add --fresh_processes")
+        if not (pathlib.Path(own.against) / "spmix_jax" / "step.py").is_file():
+            raise SystemExit(f"--against {own.against}: no spmix_jax/step.py in that folder")
+        report["settings"]["against"] = {"folder": own.against, "commit": _revision(own.against)}
+        report["settings"]["commit"] = _revision(str(pathlib.Path(__file__).resolve().parents[1]))
     config = bc.spmix_config(
         variant=args.variant,
         image_size=args.image_size,
@@ -109,13 +152,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return report
     # The whole and the plain step, compiled `rounds` times in alternation: a single compile of
     # either moves by a second or more between runs on a shared machine; medians are reported.
-    repeats: dict[str, list[dict[str, float]]] = {name: [] for name in STEPS}
+    # With --against, the other revision's whole step joins the rotation, and the order flips
+    # every round so that neither revision always follows the same one.
+    names = [*STEPS, *(["whole_step_against"] if own.against else [])]
+    repeats: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     steps = {} if own.fresh_processes else {name: _build(name, config, args) for name in STEPS}
     where = "fresh process" if own.fresh_processes else "this process"
     for r in range(args.rounds):
-        for name in STEPS:
+        for name in names if not (own.against and r % 2) else names[::-1]:
             print(f"[compile_breakdown] {name}, {where}, round {r + 1}", file=sys.stderr)
-            if own.fresh_processes:
+            if name == "whole_step_against":
+                repeats[name].append(_in_fresh_process("whole_step", rest, own.against))
+            elif own.fresh_processes:
                 repeats[name].append(_in_fresh_process(name, rest))
             else:
                 fn, fargs, _ = steps[name]
@@ -125,6 +173,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["whole_over_plain"] = round(
         rows["whole_step"]["total_s"] / rows["plain_vit_step"]["total_s"], 2
     )
+    report["whole_over_plain_cpu"] = round(
+        rows["whole_step"]["cpu_s"] / rows["plain_vit_step"]["cpu_s"], 2
+    )
+    if own.against:
+        against = rows["whole_step_against"]
+        report["against_over_plain"] = round(
+            against["total_s"] / rows["plain_vit_step"]["total_s"], 2
+        )
+        report["whole_over_against"] = round(rows["whole_step"]["total_s"] / against["total_s"], 3)
+        report["whole_over_against_cpu"] = round(rows["whole_step"]["cpu_s"] / against["cpu_s"], 3)
     if own.fresh_processes:
         report["note"] = (
             "Each compile ran in a new Python process of its own (nothing compiled before it), "

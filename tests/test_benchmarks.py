@@ -150,15 +150,34 @@ def test_step_breakdown_dry_run_prints_valid_json_without_recompiles(tmp_path):
 def test_compile_breakdown_in_fresh_processes_reports_both_steps_and_their_ratio(tmp_path):
     out = tmp_path / "compile.json"
     args = [sys.executable, str(BENCH / "compile_breakdown.py"), "--dry_run", "--rounds", "1"]
-    report = json.loads(_run([*args, "--fresh_processes", "--out", str(out)]).stdout)
+    # This checkout stands in for another revision: its step joins the rotation as `against`.
+    args += ["--fresh_processes", "--against", str(BENCH.parent), "--out", str(out)]
+    report = json.loads(_run(args).stdout)
     assert json.loads(out.read_text()) == report
     assert report["settings"]["fresh_processes"] is True
+    assert report["settings"]["against"]["folder"] == str(BENCH.parent)
     rows = report["compile"]
-    assert set(rows) == {"whole_step", "plain_vit_step"}  # no phases in this mode
+    # No phases in this mode.
+    assert set(rows) == {"whole_step", "plain_vit_step", "whole_step_against"}
     for row in rows.values():
         assert len(row["totals_s"]) == 1 and row["total_s"] == row["totals_s"][0] > 0
+        assert row["cpu_s"] > 0
     ratio = rows["whole_step"]["total_s"] / rows["plain_vit_step"]["total_s"]
     assert report["whole_over_plain"] == round(ratio, 2)
+    against = rows["whole_step"]["total_s"] / rows["whole_step_against"]["total_s"]
+    assert report["whole_over_against"] == round(against, 3)
+
+
+def test_compile_breakdown_refuses_another_revision_without_its_package(tmp_path):
+    args = [sys.executable, str(BENCH / "compile_breakdown.py"), "--dry_run", "--rounds", "1"]
+    done = subprocess.run(
+        [*args, "--fresh_processes", "--against", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert f"--against {tmp_path}: no spmix_jax/step.py in that folder" in done.stderr
 
 
 @pytest.mark.slow
