@@ -11,6 +11,7 @@
 #   SMOKE=1 benchmarks/accelerator_check.sh /tmp/x   # everything at tiny sizes on the CPU
 #   benchmarks/accelerator_check.sh --cpu /tmp/x      # the same as SMOKE=1
 #   ONLY=compare_step,step_breakdown benchmarks/accelerator_check.sh   # just these steps
+#   ONLY=compare_step STEP_LIMIT=540 benchmarks/accelerator_check.sh   # one step, a longer limit
 #
 # Environment: PYTHON (default: python3), TORCH_PYTHON (a Python with torch for the PyTorch
 # baseline; default: PYTHON), DATA_DIR (a HAM10000-style folder, images/ + labels.csv [+
@@ -116,6 +117,18 @@ if [[ ${#SELECTED[@]} -eq 0 ]]; then
   exit 2
 fi
 STEPS=("${SELECTED[@]}")
+# STEP_LIMIT (seconds) replaces the time limit of every selected step: with ONLY naming one
+# step, that step can have a whole device command to itself.
+if [[ -n "${STEP_LIMIT:-}" ]]; then
+  if ! [[ "$STEP_LIMIT" =~ ^[1-9][0-9]*$ ]]; then
+    echo "STEP_LIMIT=$STEP_LIMIT: expected a whole number of seconds" >&2
+    exit 2
+  fi
+  for i in "${!STEPS[@]}"; do
+    IFS='|' read -r name _ cmd <<<"${STEPS[$i]}"
+    STEPS[$i]="$name|$STEP_LIMIT|$cmd"
+  done
+fi
 
 if [[ "$DRY" == 1 ]]; then
   {

@@ -61,6 +61,26 @@ def test_accelerator_check_dry_run_prints_a_json_plan(tmp_path, smoke):
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 
+@pytest.mark.parametrize("limit", ["540", "5x"])
+def test_accelerator_check_step_limit_replaces_the_selected_steps_limits(tmp_path, limit):
+    env = {"DRY_RUN": "1", "ONLY": "compare_step", "STEP_LIMIT": limit}
+    proc = subprocess.run(
+        ["bash", str(BENCH / "accelerator_check.sh"), str(tmp_path / "out")],
+        cwd=REPO,
+        env={**_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if limit == "5x":
+        assert proc.returncode == 2
+        assert "STEP_LIMIT=5x: expected a whole number of seconds" in proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr
+    steps = json.loads(proc.stdout)["steps"]
+    assert [(s["name"], s["timeout_s"]) for s in steps] == [("compare_step", 540)]
+
+
 def _load(name: str):
     """A benchmark script loaded from its file as a module.
 
@@ -113,9 +133,14 @@ def test_compare_step_ratios_by_hand():
 @pytest.mark.slow
 def test_compare_step_dry_run_prints_valid_json(tmp_path):
     out = tmp_path / "compare.json"
-    proc = _run([sys.executable, str(BENCH / "compare_step.py"), "--dry_run", "--out", str(out)])
+    # A host JSON that was never written (accelerator_check.sh with ONLY=compare_step) leaves the
+    # host comparison out instead of losing the measurements at the end.
+    missing = tmp_path / "input_pipeline.json"
+    args = [sys.executable, str(BENCH / "compare_step.py"), "--dry_run", "--out", str(out)]
+    proc = _run([*args, "--input_pipeline_json", str(missing)])
     report = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == report
+    assert report["host_vs_step"] == {"skipped": f"no file {missing}"}
     results = report["results"]
     assert {"spmix:fine_grained:ema", "plain_jax"} <= set(results)
     assert "plain_torch" in results or "plain_torch" in report["notes"]
