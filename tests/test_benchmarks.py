@@ -32,17 +32,21 @@ def _run(args: list[str], timeout: int = 900, **kw) -> subprocess.CompletedProce
     return proc
 
 
-@pytest.mark.parametrize("smoke", ["0", "1"])
-def test_accelerator_check_dry_run_prints_a_json_plan(tmp_path, smoke):
-    env = {"DRY_RUN": "1", "SMOKE": smoke}
-    proc = subprocess.run(
+def _accelerator_plan(tmp_path, **env: str) -> subprocess.CompletedProcess:
+    """accelerator_check.sh with DRY_RUN=1 and `env`: its JSON plan, nothing run."""
+    return subprocess.run(
         ["bash", str(BENCH / "accelerator_check.sh"), str(tmp_path / "out")],
         cwd=REPO,
-        env={**_env(), **env},
+        env={**_env(), "DRY_RUN": "1", **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+@pytest.mark.parametrize("smoke", ["0", "1"])
+def test_accelerator_check_dry_run_prints_a_json_plan(tmp_path, smoke):
+    proc = _accelerator_plan(tmp_path, SMOKE=smoke)
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     assert plan["smoke"] is (smoke == "1")
@@ -63,15 +67,7 @@ def test_accelerator_check_dry_run_prints_a_json_plan(tmp_path, smoke):
 
 @pytest.mark.parametrize("limit", ["540", "5x"])
 def test_accelerator_check_step_limit_replaces_the_selected_steps_limits(tmp_path, limit):
-    env = {"DRY_RUN": "1", "ONLY": "compare_step", "STEP_LIMIT": limit}
-    proc = subprocess.run(
-        ["bash", str(BENCH / "accelerator_check.sh"), str(tmp_path / "out")],
-        cwd=REPO,
-        env={**_env(), **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _accelerator_plan(tmp_path, ONLY="compare_step", STEP_LIMIT=limit)
     if limit == "5x":
         assert proc.returncode == 2
         assert "STEP_LIMIT=5x: expected a whole number of seconds" in proc.stderr
