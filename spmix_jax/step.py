@@ -234,17 +234,18 @@ def loss_log_prior(config: ml_collections.ConfigDict, class_counts: Any) -> np.n
 
 
 def sum_over_leaves(tree: Any, fn: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
-    """The sum of `fn(leaf)` over every element of every leaf, as one reduction.
+    """The sum of elementwise `fn` over every element of every leaf, as one reduction.
 
     The leaves are concatenated first (the state is replicated, so this stays on each device):
     XLA compiles a reduction per leaf shape otherwise. Its simplifier turns a sum over a
     concatenation back into one sum per leaf plus a chain of scalar additions, which it then
     copies into every consumer of the result; the optimisation barrier keeps the concatenation.
-    Non-finite anywhere gives non-finite.
+    `fn` is applied after the barrier, to the concatenation: applied per leaf it would compile
+    as one kernel per leaf shape. Non-finite anywhere gives non-finite.
     """
-    leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
-    flat = jnp.concatenate([(x if fn is None else fn(x)).ravel() for x in leaves])
-    return jnp.sum(jax.lax.optimization_barrier(flat))
+    flat = jnp.concatenate([x.astype(jnp.float32).ravel() for x in jax.tree.leaves(tree)])
+    flat = jax.lax.optimization_barrier(flat)
+    return jnp.sum(flat if fn is None else fn(flat))
 
 
 def train_step(
