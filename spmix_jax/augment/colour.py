@@ -80,9 +80,9 @@ def smooth(img: jax.Array) -> jax.Array:
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
             total = total + padded[dy : dy + h, dx : dx + w]
-    rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
-    inner = (rows > 0) & (rows < h - 1) & (cols > 0) & (cols < w - 1)
-    return jnp.where(inner[..., None], total / 13.0, img)
+    inner = np.zeros((h, w, 1), bool)  # a constant: computed in the program, it is a kernel
+    inner[1:-1, 1:-1] = True
+    return jnp.where(inner, total / 13.0, img)
 
 
 def sharpness(img: jax.Array, factor) -> jax.Array:
@@ -122,32 +122,39 @@ def equalize_lut(img: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     h, w, c = img.shape
     levels = _levels(img)
     weight = jnp.ones((h, w), jnp.int32) if mask is None else mask.astype(jnp.int32)
-    index = levels + 256 * jnp.arange(c, dtype=jnp.int32)
+    index = levels + np.arange(0, 256 * c, 256, dtype=np.int32)
     weights = jnp.broadcast_to(weight[..., None], levels.shape)
     hist = jnp.zeros(256 * c, jnp.int32).at[index.reshape(-1)].add(weights.reshape(-1))
     hist = hist.reshape(c, 256)
-    occupied = hist > 0
-    last = 255 - jnp.argmax(occupied[:, ::-1], axis=1)
-    last_count = jnp.take_along_axis(hist, last[:, None], axis=1)[:, 0]
-    step = (hist.sum(axis=1) - last_count) // 255
     # Pixels below each level, as a product with a strictly triangular 0/1 matrix: counts stay
     # below 2**24, exact in float32, and one matrix product compiles to one kernel where an
-    # integer cumsum compiles to several.
+    # integer cumsum compiles to several. The total count comes from it too (a reduction over
+    # the levels would be two kernels more).
     strictly_below = jnp.asarray(np.triu(np.ones((256, 256), np.float32), k=1))
     below = jnp.dot(
         hist.astype(jnp.float32), strictly_below, precision=jax.lax.Precision.HIGHEST
     ).astype(jnp.int32)
+    total = below[:, 255] + hist[:, 255]
+    last = 255 - jnp.argmax(hist[:, ::-1] > 0, axis=1)
+    last_count = jnp.take_along_axis(hist, last[:, None], axis=1)[:, 0]
+    # Every count is non-negative: truncating division is floor division, without the sign
+    # fix-up that `//` compiles into kernels of its own.
+    div = jax.lax.div
+    step = div(total - last_count, 255)
     safe = jnp.maximum(step, 1)[:, None]
-    lut = jnp.clip((step[:, None] // 2 + below) // safe, 0, 255)
-    keep = (occupied.sum(axis=1) <= 1) | (step == 0)
-    return jnp.where(keep[:, None], jnp.arange(256, dtype=jnp.int32)[None, :], lut)
+    lut = jnp.clip(div(div(step, 2)[:, None] + below, safe), 0, 255)
+    # PIL also keeps a channel with at most one occupied level; its step is 0 as well.
+    keep = step == 0
+    return jnp.where(keep[:, None], np.arange(256, dtype=np.int32)[None, :], lut)
 
 
 def apply_lut(img: jax.Array, lut: jax.Array) -> jax.Array:
     """Maps every 8-bit level of channel c through lut[c] (C, 256)."""
-    h, w, c = img.shape
-    out = jnp.take_along_axis(lut.T, _levels(img).reshape(h * w, c), axis=0)
-    return out.reshape(h, w, c).astype(jnp.float32) / 255.0
+    c = img.shape[-1]
+    # Entry (channel, level) of the flattened table: a plain gather, where `take_along_axis`
+    # adds index arithmetic and clamping to the kernel.
+    index = _levels(img) + np.arange(0, 256 * c, 256, dtype=np.int32)
+    return lut.reshape(-1)[index].astype(jnp.float32) / 255.0
 
 
 def equalize(img: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -179,7 +186,7 @@ def gaussian_blur(img: jax.Array, sigma, radius: int | None = None) -> jax.Array
     if radius < 1:
         raise ValueError(f"gaussian_blur radius must be >= 1, got {radius}")
     sigma = jnp.maximum(jnp.asarray(sigma, jnp.float32), 1e-3)
-    taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    taps = np.arange(-radius, radius + 1, dtype=np.float32)
     kernel = jnp.exp(-0.5 * (taps / sigma) ** 2)
     kernel = kernel / kernel.sum()
     h, w = img.shape[:2]
@@ -228,11 +235,15 @@ def _jitter(
     def degenerate(x: jax.Array, op: jax.Array, mean: jax.Array) -> jax.Array:
         return jnp.where(op == 0, 0.0, jnp.where(op == 1, mean, luminance(x)))[..., None]
 
+    # Each position's factor in one gather: indexing `factors` at each position would compile
+    # to a gather kernel per use.
+    factor_at = factors[order]
     for position in range(3):
         op = order[position]
+        factor = factor_at[position]
         mean = mean_luminance(img if ref is None else ref)
-        out = blend(degenerate(img, op, mean), img, factors[op])
+        out = blend(degenerate(img, op, mean), img, factor)
         if ref is not None:
-            ref = blend(degenerate(ref, op, mean), ref, factors[op])
+            ref = blend(degenerate(ref, op, mean), ref, factor)
         img = out
     return img, ref

@@ -7,10 +7,12 @@ its magnitudes are those of docs/method.md section 3.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spmix_jax.augment import colour, geometry
 
@@ -89,6 +91,11 @@ def randaugment_matrix(op, level, sign, size: int) -> jax.Array:
     return mats[jnp.clip(jnp.asarray(op, jnp.int32), 0, NUM_GEOMETRIC_OPS)]
 
 
+def _one_of(op: jax.Array, ops: list[int]) -> jax.Array:
+    """Whether `op` is one of `ops`, as scalar comparisons (`jnp.isin` is a reduction kernel)."""
+    return functools.reduce(jnp.logical_or, [op == o for o in ops])
+
+
 def randaugment_colour(
     img: jax.Array,
     op,
@@ -109,7 +116,7 @@ def randaugment_colour(
     op = jnp.asarray(op, jnp.int32)
     level = jnp.asarray(level, jnp.float32)
     ref = img if reference is None else reference
-    i = jnp.arange(256, dtype=jnp.int32)
+    i = np.arange(256, dtype=np.int32)
     bits = jnp.floor(level / MAX_LEVEL * 4).astype(jnp.int32)
     threshold = jnp.floor(level / MAX_LEVEL * 256).astype(jnp.int32)
     add = jnp.floor(level / MAX_LEVEL * 110).astype(jnp.int32)
@@ -119,11 +126,11 @@ def randaugment_colour(
             jnp.broadcast_to(jnp.where(i >= threshold, 255 - i, i), (3, 256)),
             jnp.broadcast_to(jnp.where(i < 128, jnp.minimum(i + add, 255), i), (3, 256)),
             colour.equalize_lut(ref, mask),
-            jnp.broadcast_to(255 - i, (3, 256)),
+            np.broadcast_to(255 - i, (3, 256)),
         ]
     )
     lut_index = sum(jnp.where(op == o, k, 0) for k, o in enumerate(_LUT_OPS))
-    is_lut = jnp.isin(op, jnp.array(_LUT_OPS))
+    is_lut = _one_of(op, _LUT_OPS)
 
     degenerate = jnp.where(
         op == _NAME["Color"],
@@ -134,7 +141,7 @@ def randaugment_colour(
             jnp.where(op == _NAME["Brightness"], 0.0, colour.smooth(img)),
         ),
     )
-    is_blend = jnp.isin(op, jnp.array(_BLEND_OPS))
+    is_blend = _one_of(op, _BLEND_OPS)
     blended = colour.blend(degenerate, img, level / MAX_LEVEL * 1.8 + 0.1)
     levelled = colour.apply_lut(img, luts[lut_index])
     return jnp.where(is_lut, levelled, jnp.where(is_blend, blended, img))
