@@ -17,11 +17,15 @@ import sys
 from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# The repository goes first, ahead of this folder: `benchmarks/input_pipeline.py` would otherwise
-# shadow the `input_pipeline` package (also when PYTHONPATH already lists the repository).
-if str(REPO) in sys.path:
-    sys.path.remove(str(REPO))
-sys.path.insert(0, str(REPO))
+# The checkout whose packages (spmix_jax, configs, input_pipeline) the benchmarks import: this
+# repository, or the one that `SPMIX_PACKAGE_ROOT` names (how `compile_breakdown.py --against`
+# compiles another revision's step with these scripts; PYTHONPATH cannot do it, as the line
+# below puts the root ahead of it). The root goes first, ahead of this folder:
+# `benchmarks/input_pipeline.py` would otherwise shadow the `input_pipeline` package.
+PACKAGE_ROOT = pathlib.Path(os.environ.get("SPMIX_PACKAGE_ROOT") or REPO).resolve()
+if str(PACKAGE_ROOT) in sys.path:
+    sys.path.remove(str(PACKAGE_ROOT))
+sys.path.insert(0, str(PACKAGE_ROOT))
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402

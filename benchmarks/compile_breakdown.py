@@ -96,13 +96,14 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 def _in_fresh_process(name: str, argv: list[str], package_root: str = "") -> dict[str, float]:
     """`name` compiled once in a new Python process running this script with `--only`.
 
-    `package_root`, a checkout of another revision, is put first on the new process' path, so
-    that it imports that revision's `spmix_jax` (this script and `bench_common` stay this one's).
+    `package_root`, a checkout of another revision, becomes the new process' package root
+    (`bench_common.PACKAGE_ROOT`), so that it imports that revision's `spmix_jax` (this script and
+    `bench_common` stay this one's); the process reports where its `spmix_jax` came from, and a
+    package from anywhere else stops the run rather than timing the wrong step.
     """
     env = None
     if package_root:
-        path = os.environ.get("PYTHONPATH", "")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, path) if p)}
+        env = {**os.environ, "SPMIX_PACKAGE_ROOT": package_root}
     done = subprocess.run(
         [sys.executable, __file__, *argv, "--only", name],
         capture_output=True,
@@ -110,7 +111,13 @@ def _in_fresh_process(name: str, argv: list[str], package_root: str = "") -> dic
         check=True,
         env=env,
     )
-    return json.loads(done.stdout)["compile"][name]
+    report = json.loads(done.stdout)
+    want = pathlib.Path(package_root or bc.PACKAGE_ROOT).resolve() / "spmix_jax"
+    if pathlib.Path(report["package"]).resolve() != want:
+        raise SystemExit(
+            f"the {name} process imported spmix_jax from {report['package']}, not from {want}"
+        )
+    return report["compile"][name]
 
 
 def _revision(folder: str) -> str:
@@ -148,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if own.only:  # one compile, reported alone: the unit of --fresh_processes
         fn, fargs, _ = _build(own.only, config, args)
         report["compile"] = {own.only: _aot(fn, *fargs)}
+        report["package"] = str(pathlib.Path(step_lib.__file__).parent)
         bc.emit(report)
         return report
     # The whole and the plain step, compiled `rounds` times in alternation: a single compile of

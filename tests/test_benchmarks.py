@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -167,16 +168,45 @@ def test_step_breakdown_dry_run_prints_valid_json_without_recompiles(tmp_path):
     assert report["whole_step_ms"] > 0
 
 
+def _other_checkout(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A copy of this checkout's packages in another folder: a stand-in for another revision."""
+    other = tmp_path / "other"
+    skip = shutil.ignore_patterns("__pycache__")
+    for package in ("spmix_jax", "configs", "input_pipeline"):
+        shutil.copytree(REPO / package, other / package, ignore=skip)
+    return other
+
+
+def test_bench_common_imports_the_packages_of_the_root_it_is_given(tmp_path):
+    """`SPMIX_PACKAGE_ROOT` decides where the benchmarks' spmix_jax comes from, even when this
+    repository is installed and PYTHONPATH lists it (what `compile_breakdown --against` needs)."""
+    other = _other_checkout(tmp_path)
+    code = (
+        f"import sys; sys.path.insert(0, {str(BENCH)!r}); import bench_common, spmix_jax, configs;"
+        " print(spmix_jax.__file__); print(configs.__file__)"
+    )
+    for root, want in ((str(other), other), ("", REPO)):
+        env = {**_env(), "SPMIX_PACKAGE_ROOT": root, "PYTHONPATH": str(REPO)}
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        )
+        package, configs = done.stdout.split()
+        assert pathlib.Path(package).resolve() == (want / "spmix_jax" / "__init__.py").resolve()
+        assert pathlib.Path(configs).resolve() == (want / "configs" / "__init__.py").resolve()
+
+
 @pytest.mark.slow
 def test_compile_breakdown_in_fresh_processes_reports_both_steps_and_their_ratio(tmp_path):
     out = tmp_path / "compile.json"
     args = [sys.executable, str(BENCH / "compile_breakdown.py"), "--dry_run", "--rounds", "1"]
-    # This checkout stands in for another revision: its step joins the rotation as `against`.
-    args += ["--fresh_processes", "--against", str(BENCH.parent), "--out", str(out)]
+    # A copy of this checkout stands in for another revision: its step joins the rotation as
+    # `against`, and the run stops if that process imports any other spmix_jax.
+    other = _other_checkout(tmp_path)
+    args += ["--fresh_processes", "--against", str(other), "--out", str(out)]
     report = json.loads(_run(args).stdout)
     assert json.loads(out.read_text()) == report
     assert report["settings"]["fresh_processes"] is True
-    assert report["settings"]["against"]["folder"] == str(BENCH.parent)
+    assert report["settings"]["against"]["folder"] == str(other)
     rows = report["compile"]
     # No phases in this mode.
     assert set(rows) == {"whole_step", "plain_vit_step", "whole_step_against"}
