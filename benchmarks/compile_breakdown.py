@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not (pathlib.Path(own.against) / "spmix_jax" / "step.py").is_file():
             raise SystemExit(f"--against {own.against}: no spmix_jax/step.py in that folder")
         report["settings"]["against"] = {"folder": own.against, "commit": _revision(own.against)}
-        report["settings"]["commit"] = _revision(str(pathlib.Path(__file__).resolve().parents[1]))
+        report["settings"]["commit"] = _revision(str(bc.REPO))
     config = bc.spmix_config(
         variant=args.variant,
         image_size=args.image_size,

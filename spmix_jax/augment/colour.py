@@ -122,7 +122,7 @@ def equalize_lut(img: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     h, w, c = img.shape
     levels = _levels(img)
     weight = jnp.ones((h, w), jnp.int32) if mask is None else mask.astype(jnp.int32)
-    index = levels + np.arange(0, 256 * c, 256, dtype=np.int32)
+    index = _table_index(levels)
     weights = jnp.broadcast_to(weight[..., None], levels.shape)
     hist = jnp.zeros(256 * c, jnp.int32).at[index.reshape(-1)].add(weights.reshape(-1))
     hist = hist.reshape(c, 256)
@@ -150,11 +150,17 @@ def equalize_lut(img: jax.Array, mask: jax.Array | None = None) -> jax.Array:
 
 def apply_lut(img: jax.Array, lut: jax.Array) -> jax.Array:
     """Maps every 8-bit level of channel c through lut[c] (C, 256)."""
-    c = img.shape[-1]
-    # Entry (channel, level) of the flattened table: a plain gather, where `take_along_axis`
-    # adds index arithmetic and clamping to the kernel.
-    index = _levels(img) + np.arange(0, 256 * c, 256, dtype=np.int32)
-    return lut.reshape(-1)[index].astype(jnp.float32) / 255.0
+    # A plain gather from the flattened table, where `take_along_axis` adds index arithmetic and
+    # clamping to the kernel.
+    return lut.reshape(-1)[_table_index(_levels(img))].astype(jnp.float32) / 255.0
+
+
+def _table_index(levels: jax.Array) -> jax.Array:
+    """Where level l of channel c sits in a flattened (C, 256) table: l + 256 c (int32).
+
+    The channel offsets are a numpy constant: computed in the program they are a kernel.
+    """
+    return levels + np.arange(0, 256 * levels.shape[-1], 256, dtype=np.int32)
 
 
 def equalize(img: jax.Array, mask: jax.Array | None = None) -> jax.Array:
