@@ -13,11 +13,15 @@ user's first start does (nothing compiled before it in the process); the phases 
 `--against DIR` adds, in that rotation, the whole step of the `spmix_jax` checkout in DIR (another
 revision, e.g. `git worktree add DIR HEAD~1`), so a change's effect is measured in one window.
 Every row also gives `cpu_s`, the CPU time of lowering and compiling summed over threads.
+`--stages` then compiles each step once more under `jax.profiler.trace` (in a fresh process of
+its own with `--fresh_processes`) and reports where that compile went (`compile_stages.py`: HLO
+passes, kernel emission, LLVM code generation, kernels and their operations).
 
     python benchmarks/compile_breakdown.py --variant S/16 --image_size 224 --batch 8 --out c.json
     python benchmarks/compile_breakdown.py --variant S/16 --rounds 5 --fresh_processes
     python benchmarks/compile_breakdown.py --variant S/16 --rounds 5 --fresh_processes \
         --against ../spmix_jax_previous
+    python benchmarks/compile_breakdown.py --variant S/16 --rounds 5 --fresh_processes --stages
     python benchmarks/compile_breakdown.py --dry_run
 """
 
@@ -40,6 +44,7 @@ from typing import Any  # noqa: E402
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import bench_common as bc  # noqa: E402
+import compile_stages  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import step_breakdown  # noqa: E402
@@ -89,23 +94,31 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         help="with --fresh_processes: also compile the whole step of the spmix_jax checkout in "
         "this folder (another revision), alternating with this one's",
     )
+    p.add_argument(
+        "--stages",
+        action="store_true",
+        help="also compile each step once under the profiler and report its compile stages",
+    )
     own, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     return own, rest
 
 
-def _in_fresh_process(name: str, argv: list[str], package_root: str = "") -> dict[str, float]:
+def _in_fresh_process(
+    name: str, argv: list[str], package_root: str = "", stages: bool = False
+) -> dict[str, Any]:
     """`name` compiled once in a new Python process running this script with `--only`.
 
     `package_root`, a checkout of another revision, becomes the new process' package root
     (`bench_common.PACKAGE_ROOT`), so that it imports that revision's `spmix_jax` (this script and
     `bench_common` stay this one's); the process reports where its `spmix_jax` came from, and a
-    package from anywhere else stops the run rather than timing the wrong step.
+    package from anywhere else stops the run rather than timing the wrong step. With `stages`
+    the process compiles under the profiler and the row is `compile_stages.profiled_compile`'s.
     """
     env = None
     if package_root:
         env = {**os.environ, "SPMIX_PACKAGE_ROOT": package_root}
     done = subprocess.run(
-        [sys.executable, __file__, *argv, "--only", name],
+        [sys.executable, __file__, *argv, "--only", name, *(["--stages"] if stages else [])],
         capture_output=True,
         text=True,
         check=True,
@@ -154,7 +167,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     if own.only:  # one compile, reported alone: the unit of --fresh_processes
         fn, fargs, _ = _build(own.only, config, args)
-        report["compile"] = {own.only: _aot(fn, *fargs)}
+        if own.stages:
+            jax.clear_caches()
+            report["compile"] = {own.only: compile_stages.profiled_compile(fn.lower(*fargs))}
+        else:
+            report["compile"] = {own.only: _aot(fn, *fargs)}
         report["package"] = str(pathlib.Path(step_lib.__file__).parent)
         bc.emit(report)
         return report
@@ -191,6 +208,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         report["whole_over_against"] = round(rows["whole_step"]["total_s"] / against["total_s"], 3)
         report["whole_over_against_cpu"] = round(rows["whole_step"]["cpu_s"] / against["cpu_s"], 3)
+    if own.stages:
+        report["stages"] = _stages(names, steps, rest, own)
     if own.fresh_processes:
         report["note"] = (
             "Each compile ran in a new Python process of its own (nothing compiled before it), "
@@ -201,6 +220,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     bc.emit(report, args.out)
     return report
+
+
+def _stages(
+    names: list[str], steps: dict[str, Any], rest: list[str], own: argparse.Namespace
+) -> dict[str, Any]:
+    """Each step compiled once more under the profiler: where its compile time goes."""
+    out = {}
+    for name in names:
+        print(f"[compile_breakdown] {name}, stages", file=sys.stderr, flush=True)
+        if name == "whole_step_against":
+            out[name] = _in_fresh_process("whole_step", rest, own.against, stages=True)
+        elif own.fresh_processes:
+            out[name] = _in_fresh_process(name, rest, stages=True)
+        else:
+            fn, fargs, _ = steps[name]
+            jax.clear_caches()
+            out[name] = compile_stages.profiled_compile(fn.lower(*fargs))
+    return out
 
 
 def _build(name: str, config: Any, args: argparse.Namespace) -> tuple[Any, tuple[Any, ...], Any]:

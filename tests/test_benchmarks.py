@@ -202,7 +202,7 @@ def test_compile_breakdown_in_fresh_processes_reports_both_steps_and_their_ratio
     # A copy of this checkout stands in for another revision: its step joins the rotation as
     # `against`, and the run stops if that process imports any other spmix_jax.
     other = _other_checkout(tmp_path)
-    args += ["--fresh_processes", "--against", str(other), "--out", str(out)]
+    args += ["--fresh_processes", "--against", str(other), "--stages", "--out", str(out)]
     report = json.loads(_run(args).stdout)
     assert json.loads(out.read_text()) == report
     assert report["settings"]["fresh_processes"] is True
@@ -217,6 +217,54 @@ def test_compile_breakdown_in_fresh_processes_reports_both_steps_and_their_ratio
     assert report["whole_over_plain"] == round(ratio, 2)
     against = rows["whole_step"]["total_s"] / rows["whole_step_against"]["total_s"]
     assert report["whole_over_against"] == round(against, 3)
+    # --stages: one more profiled compile of each, in a fresh process, read from XLA's events.
+    stages = report["stages"]
+    assert set(stages) == set(rows)
+    for row in stages.values():
+        assert row["compile_s"] > 0 and row["hlo_passes_s"] > 0 and row["llvm_codegen_s"] > 0
+        assert 0 < row["kernel_emission_s"] <= row["compile_s"]
+        assert row["kernel_operations"] > row["kernels"] > 0
+    # The same program in both checkouts: the same kernels.
+    assert stages["whole_step"]["kernels"] == stages["whole_step_against"]["kernels"]
+    assert stages["whole_step"]["kernels"] > stages["plain_vit_step"]["kernels"]
+
+
+def test_compile_stages_from_hand_made_trace_events():
+    """Stage seconds summed from XLA's event names; kernel emission as a wall-clock span."""
+    stages = _load("compile_stages")
+    us = 1_000_000
+    events = [
+        {"ph": "X", "name": "HLO passes through layout assignment (jit_f)", "ts": 0, "dur": us},
+        {"ph": "X", "name": "HLO passes after layout assignment (jit_f)", "ts": us, "dur": us // 2},
+        # Two threads emit three kernels from t = 2 s to t = 3.5 s, 2.5 s of work in all.
+        {
+            "ph": "X",
+            "name": "FusionCompiler::Compile",
+            "ts": 2 * us,
+            "dur": us,
+            "args": {"op_count": 7},
+        },
+        {
+            "ph": "X",
+            "name": "FusionCompiler::Compile",
+            "ts": 2 * us,
+            "dur": us // 2,
+            "args": {"op_count": "5"},
+        },
+        {"ph": "X", "name": "FusionCompiler::Compile", "ts": 5 * us // 2, "dur": us},
+        {"ph": "X", "name": "JitCompiler::Compile", "ts": 4 * us, "dur": 2 * us},
+        {"ph": "i", "name": "FusionCompiler::Compile", "ts": 9 * us},  # not a complete event
+        {"ph": "X", "name": "CpuCompiler::RunBackend", "ts": 2 * us, "dur": 4 * us},
+    ]
+    assert stages.stages_from_events(events) == {
+        "hlo_passes_s": 1.5,
+        "kernel_emission_s": 1.5,
+        "kernel_emission_busy_s": 2.5,
+        "llvm_codegen_s": 2.0,
+        "kernels": 3,
+        "kernel_operations": 12,
+    }
+    assert stages.stages_from_events([])["kernels"] == 0
 
 
 def test_compile_breakdown_refuses_another_revision_without_its_package(tmp_path):
