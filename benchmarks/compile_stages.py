@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 # Stage -> the names (prefixes) of the trace events whose durations it sums.
 _PASS_PREFIXES = ("HLO passes through layout assignment", "HLO passes after layout assignment")
@@ -28,13 +29,16 @@ _KERNEL_EVENT = "FusionCompiler::Compile"
 _CODEGEN_EVENT = "JitCompiler::Compile"
 
 
-def stages_from_events(events: list[dict[str, Any]]) -> dict[str, float | int]:
+def stages_from_events(events: list[dict[str, Any]]) -> dict[str, float | int | None]:
     """Seconds per compile stage and the kernel counts, from Chrome-trace 'X' (complete) events.
 
     `hlo_passes_s` sums the two HLO pass pipelines; `kernel_emission_s` is the wall-clock span
     from the first kernel's emission to the last one's end, `kernel_emission_busy_s` the sum over
     the threads that emitted them; `llvm_codegen_s` is LLVM's code generation; `kernels` and
     `kernel_operations` count the kernels emitted and the operations XLA reports for them.
+    `kernel_fixed_ms` and `kernel_ms_per_operation` fit each kernel's emission time as
+    fixed + per-operation cost (least squares; None with fewer than two kernels): whether a
+    program's emission follows its kernel count or its operation count.
     """
     complete = [e for e in events if e.get("ph") == "X"]
     passes = sum(e["dur"] for e in complete if e.get("name", "").startswith(_PASS_PREFIXES))
@@ -44,6 +48,12 @@ def stages_from_events(events: list[dict[str, Any]]) -> dict[str, float | int]:
         span = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
     else:
         span = 0.0
+    fixed_ms = per_op_ms = None
+    if len(kernels) >= 2:
+        ops = np.array([float(e.get("args", {}).get("op_count", 0)) for e in kernels])
+        design = np.stack([np.ones_like(ops), ops], axis=1)
+        ms = np.array([e["dur"] / 1e3 for e in kernels])
+        fixed_ms, per_op_ms = (float(v) for v in np.linalg.lstsq(design, ms, rcond=None)[0])
     return {
         "hlo_passes_s": round(passes / 1e6, 3),
         "kernel_emission_s": round(span / 1e6, 3),
@@ -51,10 +61,12 @@ def stages_from_events(events: list[dict[str, Any]]) -> dict[str, float | int]:
         "llvm_codegen_s": round(codegen / 1e6, 3),
         "kernels": len(kernels),
         "kernel_operations": sum(int(e.get("args", {}).get("op_count", 0)) for e in kernels),
+        "kernel_fixed_ms": None if fixed_ms is None else round(fixed_ms, 3),
+        "kernel_ms_per_operation": None if per_op_ms is None else round(per_op_ms, 5),
     }
 
 
-def profiled_compile(lowered: Any) -> dict[str, float | int]:
+def profiled_compile(lowered: Any) -> dict[str, float | int | None]:
     """Compiles `lowered` under `jax.profiler.trace`; its stages and the compile's own seconds.
 
     Tracing slows the compile a little: time first compiles without it and use this for where

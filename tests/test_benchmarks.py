@@ -230,30 +230,21 @@ def test_compile_breakdown_in_fresh_processes_reports_both_steps_and_their_ratio
 
 
 def test_compile_stages_from_hand_made_trace_events():
-    """Stage seconds summed from XLA's event names; kernel emission as a wall-clock span."""
+    """Stage seconds summed from XLA's event names; kernel emission as a wall-clock span; the
+    per-kernel fit through points that lie on one line."""
     stages = _load("compile_stages")
     us = 1_000_000
+    kernel = "FusionCompiler::Compile"
     events = [
         {"ph": "X", "name": "HLO passes through layout assignment (jit_f)", "ts": 0, "dur": us},
         {"ph": "X", "name": "HLO passes after layout assignment (jit_f)", "ts": us, "dur": us // 2},
-        # Two threads emit three kernels from t = 2 s to t = 3.5 s, 2.5 s of work in all.
-        {
-            "ph": "X",
-            "name": "FusionCompiler::Compile",
-            "ts": 2 * us,
-            "dur": us,
-            "args": {"op_count": 7},
-        },
-        {
-            "ph": "X",
-            "name": "FusionCompiler::Compile",
-            "ts": 2 * us,
-            "dur": us // 2,
-            "args": {"op_count": "5"},
-        },
-        {"ph": "X", "name": "FusionCompiler::Compile", "ts": 5 * us // 2, "dur": us},
+        # Two threads emit three kernels from t = 2 s to t = 3.5 s, 2.5 s of work in all:
+        # 1000 ms at 8 operations, 500 ms at 3, so 200 ms fixed and 100 ms per operation.
+        {"ph": "X", "name": kernel, "ts": 2 * us, "dur": us, "args": {"op_count": 8}},
+        {"ph": "X", "name": kernel, "ts": 2 * us, "dur": us // 2, "args": {"op_count": "3"}},
+        {"ph": "X", "name": kernel, "ts": 5 * us // 2, "dur": us, "args": {"op_count": 8}},
         {"ph": "X", "name": "JitCompiler::Compile", "ts": 4 * us, "dur": 2 * us},
-        {"ph": "i", "name": "FusionCompiler::Compile", "ts": 9 * us},  # not a complete event
+        {"ph": "i", "name": kernel, "ts": 9 * us},  # not a complete event
         {"ph": "X", "name": "CpuCompiler::RunBackend", "ts": 2 * us, "dur": 4 * us},
     ]
     assert stages.stages_from_events(events) == {
@@ -262,9 +253,12 @@ def test_compile_stages_from_hand_made_trace_events():
         "kernel_emission_busy_s": 2.5,
         "llvm_codegen_s": 2.0,
         "kernels": 3,
-        "kernel_operations": 12,
+        "kernel_operations": 19,
+        "kernel_fixed_ms": 200.0,
+        "kernel_ms_per_operation": 100.0,
     }
-    assert stages.stages_from_events([])["kernels"] == 0
+    empty = stages.stages_from_events([])
+    assert empty["kernels"] == 0 and empty["kernel_fixed_ms"] is None
 
 
 def test_compile_breakdown_refuses_another_revision_without_its_package(tmp_path):
