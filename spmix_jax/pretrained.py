@@ -228,7 +228,9 @@ def _from_safetensors(path: str, data: bytes, heads: int) -> Converted:
     import safetensors.numpy  # only needed for .safetensors starts
 
     try:
-        sd = dict(safetensors.numpy.load(data))
+        # safetensors hands its tensors back in an order that changes from process to process:
+        # sorted, every start converts (and reports the first mismatch) the same way.
+        sd = dict(sorted(safetensors.numpy.load(data).items()))
     except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
         raise _unknown_layout(path, f"not a readable .safetensors file ({e})") from e
     out: dict[Key, Entry] = {}
