@@ -72,6 +72,12 @@ def _aot(fn: Callable[..., Any], *args: Any) -> dict[str, float]:
     }
 
 
+def _profiled(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    """`fn` lowered afresh at `args` and compiled under the profiler (`compile_stages`)."""
+    jax.clear_caches()
+    return compile_stages.profiled_compile(fn.lower(*args))
+
+
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     """Per-field medians of repeated `_aot` rows, with each run's total kept for the record."""
     out = {k: round(float(np.median([r[k] for r in runs])), 3) for k in runs[0]}
@@ -167,11 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     if own.only:  # one compile, reported alone: the unit of --fresh_processes
         fn, fargs, _ = _build(own.only, config, args)
-        if own.stages:
-            jax.clear_caches()
-            report["compile"] = {own.only: compile_stages.profiled_compile(fn.lower(*fargs))}
-        else:
-            report["compile"] = {own.only: _aot(fn, *fargs)}
+        report["compile"] = {own.only: (_profiled if own.stages else _aot)(fn, *fargs)}
         report["package"] = str(pathlib.Path(step_lib.__file__).parent)
         bc.emit(report)
         return report
@@ -235,8 +237,7 @@ def _stages(
             out[name] = _in_fresh_process(name, rest, stages=True)
         else:
             fn, fargs, _ = steps[name]
-            jax.clear_caches()
-            out[name] = compile_stages.profiled_compile(fn.lower(*fargs))
+            out[name] = _profiled(fn, *fargs)
     return out
 
 

@@ -23,7 +23,8 @@ from typing import Any
 import jax
 import numpy as np
 
-# Stage -> the names (prefixes) of the trace events whose durations it sums.
+# The trace events each stage is read from: name prefixes of the two HLO pass pipelines, and the
+# names of a kernel's emission and of LLVM's code generation.
 _PASS_PREFIXES = ("HLO passes through layout assignment", "HLO passes after layout assignment")
 _KERNEL_EVENT = "FusionCompiler::Compile"
 _CODEGEN_EVENT = "JitCompiler::Compile"
@@ -48,10 +49,10 @@ def stages_from_events(events: list[dict[str, Any]]) -> dict[str, float | int | 
         span = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
     else:
         span = 0.0
+    ops = [int(e.get("args", {}).get("op_count", 0)) for e in kernels]
     fixed_ms = per_op_ms = None
     if len(kernels) >= 2:
-        ops = np.array([float(e.get("args", {}).get("op_count", 0)) for e in kernels])
-        design = np.stack([np.ones_like(ops), ops], axis=1)
+        design = np.stack([np.ones(len(ops)), np.asarray(ops, np.float64)], axis=1)
         ms = np.array([e["dur"] / 1e3 for e in kernels])
         fixed_ms, per_op_ms = (float(v) for v in np.linalg.lstsq(design, ms, rcond=None)[0])
     return {
@@ -60,7 +61,7 @@ def stages_from_events(events: list[dict[str, Any]]) -> dict[str, float | int | 
         "kernel_emission_busy_s": round(sum(e["dur"] for e in kernels) / 1e6, 3),
         "llvm_codegen_s": round(codegen / 1e6, 3),
         "kernels": len(kernels),
-        "kernel_operations": sum(int(e.get("args", {}).get("op_count", 0)) for e in kernels),
+        "kernel_operations": sum(ops),
         "kernel_fixed_ms": None if fixed_ms is None else round(fixed_ms, 3),
         "kernel_ms_per_operation": None if per_op_ms is None else round(per_op_ms, 5),
     }
